@@ -1,0 +1,14 @@
+"""flexflow_spec: LLM serving with speculative inference and token tree verification,
+on a C++ runtime built on Legion."""
+from .errors import (CheckpointError, FlexFlowSpecError, InternalError, InvalidArgumentError,
+                     ModelNotFoundError, OutOfMemoryError, StateError, UnsupportedModelError)
+from .runtime import init
+from .serve import LLM, DataType, GenerationConfig, GenerationResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init", "LLM", "DataType", "GenerationConfig", "GenerationResult",
+    "FlexFlowSpecError", "InvalidArgumentError", "ModelNotFoundError", "CheckpointError",
+    "UnsupportedModelError", "OutOfMemoryError", "StateError", "InternalError",
+]

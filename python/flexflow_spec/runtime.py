@@ -1,0 +1,132 @@
+"""ff.init(): start Legion inside this process with FlexFlow Serve's configuration keys."""
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+
+from ._lib import check, ffi, lib
+from .errors import InvalidArgumentError, StateError, UnsupportedModelError
+
+# key -> (type, default). Sizes are MiB.
+_KEYS = {
+    "num_gpus": (int, 0),
+    "memory_per_gpu": (int, 0),
+    "zero_copy_memory_per_node": (int, 0),
+    "num_cpus": (int, None),  # default: see _default_num_cpus
+    "legion_utility_processors": (int, 1),
+    "data_parallelism_degree": (int, 1),
+    "tensor_parallelism_degree": (int, 1),
+    "pipeline_parallelism_degree": (int, 1),
+    "offload": (bool, False),
+    "offload_reserve_space_size": (int, 0),
+    "use_4bit_quantization": (bool, False),
+    "use_8bit_quantization": (bool, False),
+    "profiling": (bool, False),
+    "inference_debugging": (bool, False),
+    "fusion": (bool, True),
+    # ours
+    "system_memory": (int, None),  # MiB of Legion system memory (-ll:csize); default: half of RAM
+    "legion_args": (list, []),      # extra Legion flags, passed as given
+}
+
+_lock = threading.Lock()
+_settings: dict | None = None
+
+
+def _default_num_cpus() -> int:
+    return 4
+
+
+def _default_system_memory() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    except (ValueError, OSError):
+        total = 8192
+    return max(1024, total // 2)
+
+
+def _normalize(cfg: dict) -> dict:
+    unknown = sorted(set(cfg) - set(_KEYS))
+    if unknown:
+        raise InvalidArgumentError(f"unknown ff.init() key(s): {', '.join(unknown)}; "
+                                   f"valid keys: {', '.join(sorted(_KEYS))}")
+    out = {}
+    for key, (typ, default) in _KEYS.items():
+        val = cfg.get(key, default)
+        if val is None:
+            val = _default_num_cpus() if key == "num_cpus" else _default_system_memory()
+        if typ is bool:
+            if not isinstance(val, bool):
+                raise InvalidArgumentError(f"ff.init(): {key} must be True or False, got {val!r}")
+        elif typ is int:
+            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+                raise InvalidArgumentError(f"ff.init(): {key} must be a non-negative integer, got {val!r}")
+        elif typ is list:
+            if not isinstance(val, (list, tuple)) or not all(isinstance(a, str) for a in val):
+                raise InvalidArgumentError(f"ff.init(): {key} must be a list of strings")
+            val = list(val)
+        out[key] = val
+    if out["num_cpus"] < 1:
+        raise InvalidArgumentError("ff.init(): num_cpus must be >= 1")
+    if out["num_gpus"] > 0:
+        raise UnsupportedModelError(
+            "ff.init(num_gpus=...): this build has no GPU backend yet; run with num_gpus=0 (CPU)")
+    for key in ("tensor_parallelism_degree", "pipeline_parallelism_degree", "data_parallelism_degree"):
+        if out[key] != 1:
+            raise UnsupportedModelError(f"ff.init(): {key}={out[key]} is not supported yet (only 1)")
+    for key in ("offload", "use_4bit_quantization", "use_8bit_quantization"):
+        if out[key]:
+            raise UnsupportedModelError(f"ff.init(): {key}=True is not supported yet")
+    if out["system_memory"] < 64:
+        raise InvalidArgumentError("ff.init(): system_memory must be at least 64 MiB")
+    return out
+
+
+def legion_flags(s: dict) -> list[str]:
+    flags = ["-ll:cpu", str(s["num_cpus"]), "-ll:util", str(max(1, s["legion_utility_processors"])),
+             "-ll:csize", str(s["system_memory"])]
+    if s["profiling"]:
+        flags += ["-lg:prof", "1", "-lg:prof_logfile", "prof_%.gz"]
+    return flags + s["legion_args"]
+
+
+def init(configs_dict: dict | None = None, **kwargs) -> dict:
+    """Start the runtime. Give a dict or keyword arguments, not both.
+
+    Calling it again with the same settings does nothing; with different settings it raises
+    StateError (Legion starts once per process). Returns the settings in force.
+    """
+    global _settings
+    if configs_dict is not None and kwargs:
+        raise InvalidArgumentError("ff.init(): give a configuration dict or keyword arguments, not both")
+    if configs_dict is not None and not isinstance(configs_dict, dict):
+        raise InvalidArgumentError("ff.init(): configs_dict must be a dict")
+    settings = _normalize(dict(configs_dict or kwargs))
+    with _lock:
+        if _settings is not None:
+            if settings != _settings:
+                changed = sorted(k for k in settings if settings[k] != _settings[k])
+                raise StateError("ff.init() was already called with different settings "
+                                 f"({', '.join(changed)}); Legion starts once per process")
+            return dict(_settings)
+        args = legion_flags(settings)
+        cargs = [ffi.new("char[]", a.encode()) for a in args]
+        argv = ffi.new("const char *[]", cargs)
+        check(lib.ffs_runtime_init(len(args), argv))
+        _settings = settings
+        atexit.register(_shutdown)
+    return dict(settings)
+
+
+def ensure_started() -> None:
+    if _settings is None:
+        init()
+
+
+def settings() -> dict | None:
+    return dict(_settings) if _settings else None
+
+
+def _shutdown() -> None:
+    lib.ffs_runtime_shutdown()

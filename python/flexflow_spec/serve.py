@@ -1,0 +1,242 @@
+"""The serving API: LLM, GenerationConfig, GenerationResult (FlexFlow Serve names)."""
+from __future__ import annotations
+
+import enum
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import runtime
+from ._lib import check, ffi, lib
+from .errors import InvalidArgumentError, ModelNotFoundError, StateError
+from .resolve import resolve_model
+
+
+class DataType(enum.IntEnum):
+    DT_FLOAT = 0
+    DT_HALF = 1
+    DT_BFLOAT16 = 2
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings. topk=0 (or 1 with do_sample=False) means no top-k filter."""
+    do_sample: bool = False
+    temperature: float = 0.9
+    topp: float = 0.8
+    topk: int = 1
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.do_sample, bool):
+            raise InvalidArgumentError(f"do_sample must be True or False, got {self.do_sample!r}")
+        if self.do_sample:
+            if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+                raise InvalidArgumentError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
+            if not (isinstance(self.topp, (int, float)) and 0 < self.topp <= 1):
+                raise InvalidArgumentError(f"topp must be in (0, 1], got {self.topp!r}")
+            if not (isinstance(self.topk, int) and self.topk >= 0):
+                raise InvalidArgumentError(f"topk must be an integer >= 0, got {self.topk!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**64):
+            raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+
+
+@dataclass
+class GenerationResult:
+    guid: int
+    input_text: str | None
+    output_text: str
+    input_tokens: list[int]
+    output_tokens: list[int]
+    finish_reason: str = "length"      # "eos" or "length"
+    llm_decoding_steps: int = 0
+    accepted_tokens: list[int] = field(default_factory=list)  # tokens emitted per LLM step
+    latency_ms: float = 0.0
+    ttft_ms: float = 0.0
+    logits: Any = None                 # numpy [len(output_tokens), vocab] when asked for
+
+
+_FINISH = {1: "eos", 2: "length"}
+
+
+def _load_tokenizer(path: Path):
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    try:
+        if path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        if (path / "tokenizer.json").exists() or (path / "tokenizer.model").exists() or \
+                (path / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # a checkpoint without a usable tokenizer can still run token ids
+        import warnings
+        warnings.warn(f"flexflow_spec: no tokenizer loaded for {path}: {e}")
+    return None
+
+
+class LLM:
+    """A causal LM served by flexflow_spec.
+
+    model_name: a local HF checkpoint directory, a .gguf file, or a HF id found in the local
+    Hugging Face cache or in cache_path.
+    """
+
+    def __init__(self, model_name: str, data_type: DataType = DataType.DT_HALF, cache_path: str = "",
+                 refresh_cache: bool = False, output_file: str = ""):
+        try:
+            data_type = DataType(data_type)
+        except ValueError:
+            raise InvalidArgumentError(f"data_type must be a DataType, got {data_type!r}") from None
+        self.model_name = model_name
+        self.data_type = data_type
+        self.output_file = output_file
+        self.path = resolve_model(model_name, cache_path)
+        handle = ffi.new("ffs_model_t *")
+        check(lib.ffs_model_load(str(self.path).encode(), int(data_type), handle))
+        self._handle = ffi.gc(handle[0], lib.ffs_model_free)
+        info = ffi.new("ffs_model_info_t *")
+        check(lib.ffs_model_info(self._handle, info))
+        self.vocab_size = info.vocab_size
+        self.num_layers = info.num_layers
+        self.architecture = ffi.string(info.architecture).decode()
+        self.eos_token_ids = [info.eos_ids[i] for i in range(info.num_eos_ids)]
+        self.bos_token_id = info.bos_token_id
+        self._tokenizer = None
+        self._tokenizer_loaded = False
+        self._tok_lock = threading.Lock()
+        self.generation_config: GenerationConfig | None = None
+        self.max_seq_length = 0
+
+    @property
+    def tokenizer(self):
+        with self._tok_lock:
+            if not self._tokenizer_loaded:
+                self._tokenizer = _load_tokenizer(self.path)
+                self._tokenizer_loaded = True
+        return self._tokenizer
+
+    def compile(self, generation_config: GenerationConfig | None = None, max_requests_per_batch: int = 1,
+                max_seq_length: int = 256, max_tokens_per_batch: int = 64, ssms: Sequence = ()):
+        """Place the weights and the KV cache in Legion regions and start serving."""
+        if ssms:
+            raise InvalidArgumentError("speculative inference (ssms=...) is not available in this version")
+        for name, val in (("max_requests_per_batch", max_requests_per_batch), ("max_seq_length", max_seq_length),
+                          ("max_tokens_per_batch", max_tokens_per_batch)):
+            if isinstance(val, bool) or not isinstance(val, int):
+                raise InvalidArgumentError(f"{name} must be an integer, got {val!r}")
+        gc = generation_config or GenerationConfig()
+        gc.validate()
+        runtime.ensure_started()
+        params = ffi.new("ffs_compile_params_t *", {
+            "max_requests_per_batch": max_requests_per_batch, "max_seq_length": max_seq_length,
+            "max_tokens_per_batch": max_tokens_per_batch})
+        check(lib.ffs_model_compile(self._handle, params))
+        self.generation_config = gc
+        self.max_seq_length = max_seq_length
+
+    # ---- generation -----------------------------------------------------------------------
+
+    def _encode(self, prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            tok = self.tokenizer
+            if tok is None:
+                raise InvalidArgumentError(f"{self.model_name} has no tokenizer: pass token ids instead of text")
+            return prompt, list(tok(prompt)["input_ids"])
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+            tok = self.tokenizer
+            if tok is None or not getattr(tok, "chat_template", None):
+                raise InvalidArgumentError(f"{self.model_name} has no chat template for chat messages")
+            text = tok.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+            return text, list(tok(text, add_special_tokens=False)["input_ids"])
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return None, list(prompt)
+        raise InvalidArgumentError("a prompt is a string, a list of token ids or a list of chat messages; "
+                                   f"got {type(prompt).__name__}")
+
+    def _decode(self, tokens: list[int]) -> str:
+        tok = self.tokenizer
+        return tok.decode(tokens, skip_special_tokens=True) if tok is not None else ""
+
+    def generate(self, prompts, max_length: int = -1, max_new_tokens: int = -1,
+                 generation_config: GenerationConfig | None = None, return_logits: bool = False):
+        """Generate for one prompt (returns a GenerationResult) or a list (returns a list).
+
+        A prompt is a string (tokenized with the checkpoint's tokenizer, BOS as it adds it),
+        a list of token ids (used exactly as given), or chat messages.
+        """
+        if self.generation_config is None:
+            raise StateError(f"{self.model_name}: call compile() before generate()")
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, (list, tuple)) and (
+                (len(prompts) > 0 and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts)) or
+                (len(prompts) > 0 and all(isinstance(m, dict) for m in prompts))))
+        batch = [prompts] if single else list(prompts)
+        for name, val in (("max_length", max_length), ("max_new_tokens", max_new_tokens)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < -1:
+                raise InvalidArgumentError(f"{name} must be an integer >= 0 (or -1 for no limit), got {val!r}")
+        gc = generation_config or self.generation_config
+        gc.validate()
+        encoded = [self._encode(p) for p in batch]
+        guids = []
+        try:
+            for _, ids in encoded:
+                guids.append(self._submit(ids, gc, max_length, max_new_tokens, return_logits))
+        except Exception:
+            for g in guids:  # do not leave half a batch running unseen
+                self._collect(g, None, [], return_logits)
+            raise
+        results = [self._collect(g, text, ids, return_logits) for g, (text, ids) in zip(guids, encoded)]
+        self._write_output_file(results)
+        return results[0] if single else results
+
+    def _submit(self, ids, gc: GenerationConfig, max_length: int, max_new_tokens: int, return_logits: bool) -> int:
+        p = ffi.new("ffs_request_params_t *")
+        p.max_new_tokens = max_new_tokens
+        p.max_length = max_length
+        p.do_sample = int(gc.do_sample)
+        p.temperature = float(gc.temperature)
+        p.topp = float(gc.topp)
+        p.topk = int(gc.topk) if gc.do_sample else 0
+        p.has_seed = int(gc.seed is not None)
+        p.seed = int(gc.seed or 0)
+        p.return_logits = int(return_logits)
+        p.num_eos_ids = -1
+        arr = ffi.new("int32_t[]", ids)
+        guid = ffi.new("uint64_t *")
+        check(lib.ffs_request_submit(self._handle, arr, len(ids), p, guid))
+        return guid[0]
+
+    def _collect(self, guid: int, text, ids, return_logits: bool) -> GenerationResult:
+        res = ffi.new("ffs_request_result_t *")
+        check(lib.ffs_request_wait(self._handle, guid, -1, res))
+        n = res.num_output_tokens
+        buf = ffi.new("int32_t[]", max(n, 1))
+        check(lib.ffs_request_get_tokens(self._handle, guid, buf, n))
+        out = list(buf[0:n])
+        logits = None
+        if return_logits:
+            import numpy as np
+            logits = np.empty((n, res.vocab_size), dtype=np.float32)
+            check(lib.ffs_request_get_logits(self._handle, guid, ffi.cast("float *", ffi.from_buffer(logits)),
+                                             logits.size))
+        check(lib.ffs_request_release(self._handle, guid))
+        return GenerationResult(
+            guid=guid, input_text=text, output_text=self._decode(out), input_tokens=list(ids),
+            output_tokens=out, finish_reason=_FINISH.get(res.finish_reason, "length"),
+            llm_decoding_steps=res.llm_decoding_steps, accepted_tokens=[1] * res.llm_decoding_steps,
+            latency_ms=res.latency_us / 1000.0, ttft_ms=res.ttft_us / 1000.0, logits=logits)
+
+    def _write_output_file(self, results: list[GenerationResult]) -> None:
+        if not self.output_file:
+            return
+        with open(self.output_file, "a", encoding="utf-8") as f:
+            for r in results:
+                f.write(f"[Profile] guid({r.guid}) llm_decoding_steps({r.llm_decoding_steps}) "
+                        f"latency({r.latency_ms * 1000:.0f}) ttft({r.ttft_ms * 1000:.0f})\n")
+                f.write("token IDs: " + ", ".join(map(str, r.input_tokens + r.output_tokens)) + "\n")
+                f.write((r.input_text or "") + r.output_text + "\n")

@@ -1,0 +1,216 @@
+// The C boundary: every call catches ffspec::Error (and anything else), stores the message
+// for the calling thread and returns the status. Nothing crosses it as an exception.
+#include <atomic>
+#include <ctime>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "flexflow_spec/c/flexflow_spec.h"
+#include "models/llama.h"
+#include "runtime/engine.h"
+#include "util/error.h"
+#include "weights/checkpoint.h"
+
+struct ffs_model_s {
+  ffspec::ModelHandle handle;
+};
+
+namespace {
+
+thread_local std::string g_last_error;
+
+template <typename F>
+ffs_status_t guarded(F &&f) {
+  try {
+    g_last_error.clear();
+    f();
+    return FFS_OK;
+  } catch (const ffspec::Error &e) {
+    g_last_error = e.what();
+    return e.status();
+  } catch (const std::bad_alloc &) {
+    g_last_error = "out of host memory";
+    return FFS_ERR_OUT_OF_MEMORY;
+  } catch (const std::exception &e) {
+    g_last_error = std::string("internal error: ") + e.what();
+    return FFS_ERR_INTERNAL;
+  } catch (...) {
+    g_last_error = "internal error";
+    return FFS_ERR_INTERNAL;
+  }
+}
+
+void require(bool cond, const char *what) {
+  if (!cond) ffspec::fail(FFS_ERR_INVALID_ARGUMENT, what);
+}
+
+ffspec::RequestManager &manager_of(ffs_model_t m) {
+  require(m != nullptr, "model handle is NULL");
+  if (!m->handle.manager) ffspec::fail(FFS_ERR_STATE, "model " + m->handle.path + " is not compiled: call compile() first");
+  return *m->handle.manager;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char *ffs_last_error(void) { return g_last_error.c_str(); }
+
+ffs_status_t ffs_runtime_init(int argc, const char **argv) {
+  return guarded([&] {
+    std::vector<std::string> args;
+    for (int i = 0; i < argc; i++) args.emplace_back(argv[i]);
+    ffspec::engine::start(args);
+  });
+}
+
+ffs_status_t ffs_runtime_shutdown(void) {
+  return guarded([] { ffspec::engine::shutdown(); });
+}
+
+int ffs_runtime_is_started(void) { return ffspec::engine::started() ? 1 : 0; }
+
+ffs_status_t ffs_model_load(const char *path, ffs_data_type_t data_type, ffs_model_t *out) {
+  return guarded([&] {
+    require(path && out, "path and out must not be NULL");
+    require(data_type == FFS_DT_FLOAT || data_type == FFS_DT_HALF || data_type == FFS_DT_BFLOAT16,
+            "data_type must be DT_FLOAT, DT_HALF or DT_BFLOAT16");
+    auto m = std::make_unique<ffs_model_s>();
+    ffspec::ModelHandle &h = m->handle;
+    h.path = path;
+    h.data_type = data_type;
+    h.checkpoint = ffspec::Checkpoint::open(path);
+    const std::string where = h.checkpoint->is_gguf() ? h.checkpoint->path() : std::string(path) + "/config.json";
+    h.config = ffspec::LlamaConfig::from_json(h.checkpoint->config(), h.checkpoint->generation_config(), where);
+    ffspec::validate_checkpoint(*h.checkpoint, h.config);
+    h.layout = ffspec::LlamaLayout::make(h.config);
+    h.inv_freq = h.config.rope_inv_freq();
+    ffspec::engine::register_model(&h);
+    *out = m.release();
+  });
+}
+
+ffs_status_t ffs_model_info(ffs_model_t m, ffs_model_info_t *out) {
+  return guarded([&] {
+    require(m && out, "model and out must not be NULL");
+    const ffspec::LlamaConfig &c = m->handle.config;
+    std::memset(out, 0, sizeof(*out));
+    out->vocab_size = c.vocab_size;
+    out->hidden_size = c.hidden_size;
+    out->num_layers = c.num_layers;
+    out->num_heads = c.num_heads;
+    out->num_kv_heads = c.num_kv_heads;
+    out->head_dim = c.head_dim;
+    out->max_position_embeddings = c.max_position_embeddings;
+    out->bos_token_id = c.bos_token_id;
+    out->num_eos_ids = static_cast<int32_t>(c.eos_token_ids.size());
+    for (size_t i = 0; i < c.eos_token_ids.size(); i++) out->eos_ids[i] = c.eos_token_ids[i];
+    // Parameters as stored (tied embeddings counted once).
+    const auto &l = m->handle.layout;
+    out->num_parameters = static_cast<int64_t>(l.total);
+    std::strncpy(out->architecture, c.architecture.c_str(), sizeof(out->architecture) - 1);
+  });
+}
+
+void ffs_model_free(ffs_model_t m) {
+  if (!m) return;
+  try {
+    ffspec::engine::unregister_model(m->handle.id);
+  } catch (...) {
+  }
+  delete m;
+}
+
+ffs_status_t ffs_model_compile(ffs_model_t m, const ffs_compile_params_t *p) {
+  return guarded([&] {
+    require(m && p, "model and params must not be NULL");
+    if (p->max_requests_per_batch < 1)
+      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_requests_per_batch must be >= 1, got " + std::to_string(p->max_requests_per_batch));
+    if (p->max_tokens_per_batch < 1)
+      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_tokens_per_batch must be >= 1, got " + std::to_string(p->max_tokens_per_batch));
+    if (p->max_seq_length < 2)
+      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_seq_length must be >= 2, got " + std::to_string(p->max_seq_length));
+    if (p->max_seq_length > m->handle.config.max_position_embeddings)
+      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_seq_length " + std::to_string(p->max_seq_length) +
+                                              " exceeds the model's max_position_embeddings " +
+                                              std::to_string(m->handle.config.max_position_embeddings));
+    ffspec::ServeLimits lim;
+    lim.max_requests_per_batch = p->max_requests_per_batch;
+    lim.max_seq_length = p->max_seq_length;
+    lim.max_tokens_per_batch = p->max_tokens_per_batch;
+    lim.vocab_size = m->handle.config.vocab_size;
+    ffspec::engine::compile(&m->handle, lim);
+  });
+}
+
+ffs_status_t ffs_request_submit(ffs_model_t m, const int32_t *tokens, int32_t n, const ffs_request_params_t *p,
+                                uint64_t *guid) {
+  return guarded([&] {
+    require(p && guid && (tokens || n == 0) && n >= 0, "bad arguments to ffs_request_submit");
+    ffspec::RequestManager &rm = manager_of(m);
+    ffspec::RequestParams rp;
+    rp.max_new_tokens = p->max_new_tokens;
+    rp.max_length = p->max_length;
+    rp.do_sample = p->do_sample != 0;
+    rp.temperature = p->temperature;
+    rp.topp = p->topp;
+    rp.topk = p->topk;
+    rp.seed = p->seed;
+    if (!p->has_seed) {
+      static std::atomic<uint64_t> entropy{0x5EED0000ull ^ static_cast<uint64_t>(time(nullptr))};
+      rp.seed = entropy.fetch_add(0x9E3779B97F4A7C15ull) ^ reinterpret_cast<uintptr_t>(&rp);
+    }
+    rp.return_logits = p->return_logits != 0;
+    if (p->num_eos_ids < 0)
+      rp.eos_ids = m->handle.config.eos_token_ids;
+    else {
+      require(p->num_eos_ids <= 8, "at most 8 EOS ids");
+      rp.eos_ids.assign(p->eos_ids, p->eos_ids + p->num_eos_ids);
+    }
+    *guid = rm.submit(std::vector<int32_t>(tokens, tokens + n), rp);
+  });
+}
+
+ffs_status_t ffs_request_wait(ffs_model_t m, uint64_t guid, int64_t timeout_ms, ffs_request_result_t *out) {
+  return guarded([&] {
+    require(out != nullptr, "out must not be NULL");
+    ffspec::Request r;
+    if (!manager_of(m).wait(guid, timeout_ms, &r)) ffspec::fail(FFS_ERR_STATE, "timed out waiting for request");
+    using us = std::chrono::duration<double, std::micro>;
+    out->num_output_tokens = r.num_generated();
+    out->finish_reason = static_cast<int32_t>(r.finish);
+    out->llm_decoding_steps = r.decoding_steps;
+    out->vocab_size = m->handle.config.vocab_size;
+    out->latency_us = us(r.finished - r.submitted).count();
+    out->ttft_us = r.num_generated() > 0 ? us(r.first_token - r.submitted).count() : 0.0;
+    if (r.finish == ffspec::FinishReason::Error) ffspec::fail(FFS_ERR_INTERNAL, "request failed: " + r.error);
+  });
+}
+
+ffs_status_t ffs_request_get_tokens(ffs_model_t m, uint64_t guid, int32_t *tokens, int32_t capacity) {
+  return guarded([&] {
+    ffspec::Request r;
+    if (!manager_of(m).wait(guid, 0, &r)) ffspec::fail(FFS_ERR_STATE, "request is still running");
+    require(capacity >= r.num_generated(), "token buffer too small");
+    std::copy(r.tokens.begin() + r.prompt_len, r.tokens.end(), tokens);
+  });
+}
+
+ffs_status_t ffs_request_get_logits(ffs_model_t m, uint64_t guid, float *logits, int64_t capacity) {
+  return guarded([&] {
+    ffspec::Request r;
+    if (!manager_of(m).wait(guid, 0, &r)) ffspec::fail(FFS_ERR_STATE, "request is still running");
+    require(capacity >= static_cast<int64_t>(r.logits.size()), "logits buffer too small");
+    std::copy(r.logits.begin(), r.logits.end(), logits);
+  });
+}
+
+ffs_status_t ffs_request_release(ffs_model_t m, uint64_t guid) {
+  return guarded([&] {
+    if (!manager_of(m).release(guid)) ffspec::fail(FFS_ERR_STATE, "request is unknown or still running");
+  });
+}
+
+}  // extern "C"

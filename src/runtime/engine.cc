@@ -1,0 +1,354 @@
+#include "runtime/engine.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "legion.h"
+#include "ops/llama_forward.h"
+#include "serve/sampling.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "weights/checkpoint.h"
+
+using namespace Legion;
+
+namespace ffspec::engine {
+
+namespace {
+
+enum TaskIDs { TOP_LEVEL_TASK_ID = 7100, STEP_TASK_ID = 7101 };
+enum FieldIDs { FID_DATA = 101 };
+
+// A model's Legion state; only the driver thread touches the region handles.
+struct Placement {
+  LogicalRegion weights = LogicalRegion::NO_REGION, kv = LogicalRegion::NO_REGION;
+  size_t bytes = 0;
+};
+
+struct State {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::function<void(Context, Runtime *)>> jobs;
+  bool stop = false;
+  bool started = false;
+  bool stopped = false;
+  std::thread driver;
+  std::map<int, ModelHandle *> models;  // registry read by step tasks
+  std::map<int, Placement> placements;
+  int next_id = 1;
+  size_t sysmem_capacity = 0;
+  size_t sysmem_used = 0;
+};
+
+State &st() {
+  static State s;
+  return s;
+}
+
+ModelHandle *lookup(int id) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto it = st().models.find(id);
+  return it == st().models.end() ? nullptr : it->second;
+}
+
+void wake() {
+  st().cv.notify_all();
+}
+
+// ---- the step task -----------------------------------------------------------------------
+
+StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions) {
+  StepBatch b = StepBatch::deserialize(task->args, task->arglen);
+  ModelHandle *m = lookup(b.model_id);
+  FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
+  const FieldAccessor<LEGION_READ_ONLY, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> w(regions[0], FID_DATA);
+  const FieldAccessor<LEGION_READ_WRITE, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> kv(regions[1], FID_DATA);
+  ModelView view{&m->config, &m->layout, m->inv_freq.data(), w.ptr(Point<1>(0)), kv.ptr(Point<1>(0)),
+                 m->limits.max_requests_per_batch, m->limits.max_seq_length};
+  const int V = m->config.vocab_size;
+  thread_local std::vector<float> logits;
+  logits.resize(b.num_rows() * static_cast<size_t>(V));
+  llama_forward_cpu(view, b, logits.data());
+  StepResult r;
+  r.tokens.resize(b.num_rows());
+  for (size_t i = 0; i < b.num_rows(); i++) {
+    const float *row = logits.data() + i * V;
+    r.tokens[i] = sample_token(row, V, b.samples[i]);
+    if (b.samples[i].want_logits) r.logits.insert(r.logits.end(), row, row + V);
+  }
+  return r;
+}
+
+// Exceptions must not cross into Legion: a failed step returns no tokens and the driver
+// fails the requests in it, with the message logged.
+StepResult step_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
+  try {
+    return run_step(task, regions);
+  } catch (const std::exception &e) {
+    FFS_LOG(::ffspec::log::Level::Error, "step", "step failed: " << e.what());
+    return StepResult();
+  }
+}
+
+// ---- regions ------------------------------------------------------------------------------
+
+LogicalRegion make_region(Context ctx, Runtime *rt, size_t n, const std::string &name) {
+  IndexSpace is = rt->create_index_space(ctx, Rect<1>(0, static_cast<coord_t>(n) - 1));
+  FieldSpace fs = rt->create_field_space(ctx);
+  {
+    FieldAllocator fa = rt->create_field_allocator(ctx, fs);
+    fa.allocate_field(sizeof(float), FID_DATA);
+  }
+  LogicalRegion lr = rt->create_logical_region(ctx, is, fs);
+  rt->attach_name(lr, name.c_str());
+  return lr;
+}
+
+void destroy_region(Context ctx, Runtime *rt, LogicalRegion lr) {
+  if (lr == LogicalRegion::NO_REGION) return;
+  rt->destroy_logical_region(ctx, lr);
+  rt->destroy_field_space(ctx, lr.get_field_space());
+  rt->destroy_index_space(ctx, lr.get_index_space());
+}
+
+void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
+  const size_t wbytes = m->layout.total * sizeof(float);
+  const size_t kv_floats = static_cast<size_t>(m->config.num_layers) * 2 * m->limits.max_requests_per_batch *
+                           m->limits.max_seq_length * m->config.kv_dim();
+  const size_t kvbytes = kv_floats * sizeof(float);
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    const size_t need = wbytes + kvbytes, cap = st().sysmem_capacity, used = st().sysmem_used;
+    // Leave room for Legion's own instances and future buffers.
+    const size_t usable = cap > (64ull << 20) ? cap - (64ull << 20) : 0;
+    if (used + need > usable)
+      fail(FFS_ERR_OUT_OF_MEMORY,
+           "model " + m->path + " needs " + std::to_string(need >> 20) + " MiB of Legion system memory (weights " +
+               std::to_string(wbytes >> 20) + " MiB + KV cache " + std::to_string(kvbytes >> 20) + " MiB) but " +
+               std::to_string((usable > used ? usable - used : 0) >> 20) + " MiB of the " + std::to_string(cap >> 20) +
+               " MiB pool are free: raise ff.init(system_memory=...) (Legion -ll:csize), or lower max_seq_length / "
+               "max_requests_per_batch");
+    st().sysmem_used += need;
+  }
+  Placement p;
+  p.bytes = wbytes + kvbytes;
+  const std::string tag = "model" + std::to_string(m->id);
+  p.weights = make_region(ctx, rt, m->layout.total, tag + ".weights");
+  p.kv = make_region(ctx, rt, kv_floats, tag + ".kv_cache");
+  try {
+    InlineLauncher il(RegionRequirement(p.weights, LEGION_WRITE_DISCARD, LEGION_EXCLUSIVE, p.weights));
+    il.add_field(FID_DATA);
+    PhysicalRegion pr = rt->map_region(ctx, il);
+    pr.wait_until_valid();
+    const FieldAccessor<LEGION_WRITE_DISCARD, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> acc(pr, FID_DATA);
+    float *dst = acc.ptr(Point<1>(0));
+    std::exception_ptr err;
+    try {
+      load_weights(*m->checkpoint, m->config, m->layout, m->data_type, dst);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    rt->unmap_region(ctx, pr);
+    if (err) std::rethrow_exception(err);
+    rt->fill_field<float>(ctx, p.kv, p.kv, FID_DATA, 0.0f);
+  } catch (...) {
+    destroy_region(ctx, rt, p.weights);
+    destroy_region(ctx, rt, p.kv);
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().sysmem_used -= p.bytes;
+    throw;
+  }
+  m->checkpoint.reset();  // weights now live in the region; unmap the files
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().placements[m->id] = p;
+}
+
+Future launch_step(Context ctx, Runtime *rt, const Placement &p, const std::vector<uint8_t> &args) {
+  TaskLauncher tl(STEP_TASK_ID, UntypedBuffer(args.data(), args.size()));
+  tl.add_region_requirement(RegionRequirement(p.weights, LEGION_READ_ONLY, LEGION_EXCLUSIVE, p.weights));
+  tl.add_field(0, FID_DATA);
+  tl.add_region_requirement(RegionRequirement(p.kv, LEGION_READ_WRITE, LEGION_EXCLUSIVE, p.kv));
+  tl.add_field(1, FID_DATA);
+  return rt->execute_task(ctx, tl);
+}
+
+void driver_main(std::promise<void> ready) {
+  Runtime *rt = Runtime::get_runtime();
+  Context ctx = rt->begin_implicit_task(TOP_LEVEL_TASK_ID, 0, Processor::LOC_PROC, "ffs_driver", true);
+  {
+    size_t cap = 0;
+    Machine::MemoryQuery mq(Machine::get_machine());
+    mq.only_kind(Memory::SYSTEM_MEM).local_address_space();
+    for (Memory mem : mq) cap = std::max(cap, mem.capacity());
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().sysmem_capacity = cap;
+  }
+  ready.set_value();
+  for (;;) {
+    std::deque<std::function<void(Context, Runtime *)>> jobs;
+    std::vector<ModelHandle *> models;
+    {
+      std::unique_lock<std::mutex> lock(st().mu);
+      if (st().stop) break;
+      jobs.swap(st().jobs);
+      for (auto &kv : st().models)
+        if (kv.second->manager && st().placements.count(kv.first)) models.push_back(kv.second);
+    }
+    for (auto &job : jobs) job(ctx, rt);
+    // One step per model with work; models step concurrently on Legion's CPU processors.
+    struct InFlight {
+      ModelHandle *m;
+      StepBatch batch;
+      Future f;
+    };
+    std::vector<InFlight> flights;
+    for (ModelHandle *m : models) {
+      StepBatch b = m->manager->schedule();
+      if (b.num_tokens() == 0) continue;
+      Placement p;
+      {
+        std::lock_guard<std::mutex> lock(st().mu);
+        p = st().placements.at(m->id);
+      }
+      Future f = launch_step(ctx, rt, p, b.serialize());
+      flights.push_back({m, std::move(b), f});
+    }
+    for (InFlight &fl : flights) {
+      try {
+        StepResult r = fl.f.get_result<StepResult>();
+        if (r.tokens.size() != fl.batch.num_rows()) fail(FFS_ERR_INTERNAL, "the step task failed (see the log)");
+        fl.m->manager->update_from_output(fl.batch, r);
+      } catch (const std::exception &e) {
+        fl.m->manager->fail_batch(fl.batch, e.what());
+      }
+    }
+    if (flights.empty()) {
+      std::unique_lock<std::mutex> lock(st().mu);
+      st().cv.wait_for(lock, std::chrono::milliseconds(50), [] {
+        if (st().stop || !st().jobs.empty()) return true;
+        for (auto &kv : st().models)
+          if (kv.second->manager && st().placements.count(kv.first) && kv.second->manager->has_work()) return true;
+        return false;
+      });
+    }
+  }
+  rt->finish_implicit_task(ctx);
+}
+
+// Runs fn on the driver thread (inside the implicit top-level task) and waits for it.
+void run_on_driver(std::function<void(Context, Runtime *)> fn) {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> fut = done->get_future();
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (!st().started || st().stopped) fail(FFS_ERR_STATE, "the runtime is not running: call ff.init() first");
+    st().jobs.push_back([fn = std::move(fn), done](Context ctx, Runtime *rt) {
+      try {
+        fn(ctx, rt);
+        done->set_value();
+      } catch (...) {
+        done->set_exception(std::current_exception());
+      }
+    });
+  }
+  wake();
+  fut.get();
+}
+
+}  // namespace
+
+bool started() {
+  std::lock_guard<std::mutex> lock(st().mu);
+  return st().started && !st().stopped;
+}
+
+void start(const std::vector<std::string> &args) {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (st().started) fail(FFS_ERR_STATE, "the runtime is already started (Legion starts once per process)");
+    st().started = true;
+  }
+  {
+    TaskVariantRegistrar reg(STEP_TASK_ID, "ffs_step");
+    reg.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
+    reg.set_leaf();
+    Runtime::preregister_task_variant<StepResult, step_task>(reg, "ffs_step");
+  }
+  // Legion keeps pointers into argv for the life of the process.
+  static std::vector<std::string> keep;
+  static std::vector<char *> argv;
+  keep = args;
+  keep.insert(keep.begin(), "flexflow_spec");
+  for (auto &s : keep) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  int rc = Runtime::start(static_cast<int>(keep.size()), argv.data(), true);
+  if (rc != 0) fail(FFS_ERR_INTERNAL, "Legion failed to start (code " + std::to_string(rc) + ")");
+  std::promise<void> ready;
+  std::future<void> fut = ready.get_future();
+  st().driver = std::thread(driver_main, std::move(ready));
+  fut.get();
+  FFS_INFO("runtime", "Legion started; system memory pool " << (st().sysmem_capacity >> 20) << " MiB");
+}
+
+void shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (!st().started || st().stopped) return;
+    st().stop = true;
+    st().stopped = true;
+  }
+  wake();
+  st().driver.join();
+  Runtime::wait_for_shutdown();
+}
+
+int register_model(ModelHandle *m) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  m->id = st().next_id++;
+  st().models[m->id] = m;
+  return m->id;
+}
+
+void unregister_model(int id) {
+  bool placed;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().models.erase(id);
+    placed = st().placements.count(id) > 0;
+  }
+  if (placed && started()) {
+    run_on_driver([id](Context ctx, Runtime *rt) {
+      Placement p;
+      {
+        std::lock_guard<std::mutex> lock(st().mu);
+        p = st().placements.at(id);
+        st().placements.erase(id);
+        st().sysmem_used -= p.bytes;
+      }
+      destroy_region(ctx, rt, p.weights);
+      destroy_region(ctx, rt, p.kv);
+    });
+  }
+}
+
+void compile(ModelHandle *m, const ServeLimits &limits) {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (st().placements.count(m->id)) fail(FFS_ERR_STATE, "model " + m->path + " is already compiled");
+  }
+  if (!m->checkpoint) fail(FFS_ERR_STATE, "model " + m->path + " has no checkpoint to load");
+  m->limits = limits;
+  run_on_driver([m](Context ctx, Runtime *rt) {
+    do_compile(ctx, rt, m);
+    m->manager = std::make_unique<RequestManager>(m->id, m->limits, wake);
+  });
+}
+
+}  // namespace ffspec::engine

@@ -1,0 +1,43 @@
+// The Legion side: starts Legion in the background, runs one driver thread that is bound
+// as the implicit top-level task and makes every Legion call, keeps each compiled model's
+// weights and KV cache in Legion regions, and launches one coarse step task per model step.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "flexflow_spec/c/flexflow_spec.h"
+#include "models/llama.h"
+#include "serve/request_manager.h"
+
+namespace ffspec {
+
+class Checkpoint;
+
+struct ModelHandle {
+  int id = -1;
+  std::string path;
+  ffs_data_type_t data_type = FFS_DT_FLOAT;
+  LlamaConfig config;
+  LlamaLayout layout;
+  std::vector<float> inv_freq;
+  std::unique_ptr<Checkpoint> checkpoint;  // kept mapped until compile has copied it
+  std::unique_ptr<RequestManager> manager; // set by compile
+  ServeLimits limits;
+};
+
+namespace engine {
+
+void start(const std::vector<std::string> &args);  // throws ffspec::Error
+void shutdown();
+bool started();
+
+// Registers a loaded model so step tasks can find it by id.
+int register_model(ModelHandle *m);
+void unregister_model(int id);
+// Creates the regions, copies the weights in and starts serving; blocks until done.
+void compile(ModelHandle *m, const ServeLimits &limits);
+
+}  // namespace engine
+}  // namespace ffspec

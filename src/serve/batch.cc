@@ -1,0 +1,93 @@
+#include "serve/batch.h"
+
+#include <cstring>
+
+#include "util/error.h"
+
+namespace ffspec {
+
+namespace {
+
+struct Writer {
+  std::vector<uint8_t> &out;
+  template <typename T>
+  void pod(const T &v) {
+    const uint8_t *p = reinterpret_cast<const uint8_t *>(&v);
+    out.insert(out.end(), p, p + sizeof(T));
+  }
+  template <typename T>
+  void vec(const std::vector<T> &v) {
+    pod<uint64_t>(v.size());
+    const uint8_t *p = reinterpret_cast<const uint8_t *>(v.data());
+    out.insert(out.end(), p, p + v.size() * sizeof(T));
+  }
+};
+
+struct Reader {
+  const uint8_t *p, *end;
+  template <typename T>
+  T pod() {
+    FFS_CHECK(static_cast<size_t>(end - p) >= sizeof(T), FFS_ERR_INTERNAL, "truncated step batch");
+    T v;
+    std::memcpy(&v, p, sizeof(T));
+    p += sizeof(T);
+    return v;
+  }
+  template <typename T>
+  std::vector<T> vec() {
+    uint64_t n = pod<uint64_t>();
+    FFS_CHECK(static_cast<uint64_t>(end - p) >= n * sizeof(T), FFS_ERR_INTERNAL, "truncated step batch");
+    std::vector<T> v(n);
+    std::memcpy(v.data(), p, n * sizeof(T));
+    p += n * sizeof(T);
+    return v;
+  }
+};
+
+}  // namespace
+
+std::vector<uint8_t> StepBatch::serialize() const {
+  std::vector<uint8_t> out;
+  Writer w{out};
+  w.pod(model_id);
+  w.vec(tokens);
+  w.vec(positions);
+  w.vec(slots);
+  w.vec(logit_rows);
+  w.vec(samples);
+  return out;
+}
+
+StepBatch StepBatch::deserialize(const void *data, size_t size) {
+  Reader r{static_cast<const uint8_t *>(data), static_cast<const uint8_t *>(data) + size};
+  StepBatch b;
+  b.model_id = r.pod<int32_t>();
+  b.tokens = r.vec<int32_t>();
+  b.positions = r.vec<int32_t>();
+  b.slots = r.vec<int32_t>();
+  b.logit_rows = r.vec<int32_t>();
+  b.samples = r.vec<SampleSpec>();
+  return b;
+}
+
+size_t StepResult::legion_buffer_size() const {
+  return 2 * sizeof(uint64_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float);
+}
+
+void StepResult::legion_serialize(void *buffer) const {
+  std::vector<uint8_t> out;
+  Writer w{out};
+  w.vec(tokens);
+  w.vec(logits);
+  std::memcpy(buffer, out.data(), out.size());
+}
+
+void StepResult::legion_deserialize(const void *buffer) {
+  // Sizes are self-describing; the reader trusts the buffer Legion hands back.
+  const uint8_t *p = static_cast<const uint8_t *>(buffer);
+  Reader r{p, p + (size_t(1) << 40)};
+  tokens = r.vec<int32_t>();
+  logits = r.vec<float>();
+}
+
+}  // namespace ffspec

@@ -1,0 +1,71 @@
+#include "serve/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace ffspec {
+
+int32_t argmax(const float *logits, int vocab) {
+  int32_t best = 0;
+  float bv = logits[0];
+  for (int i = 1; i < vocab; i++)
+    if (logits[i] > bv) {
+      bv = logits[i];
+      best = i;
+    }
+  return best;
+}
+
+static uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+double uniform01(uint64_t seed, uint64_t counter) {
+  uint64_t x = splitmix64(splitmix64(seed) ^ (counter * 0xD1B54A32D192ED03ull + 0x8CB92BA72F3D8DD7ull));
+  return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec) {
+  if (!spec.do_sample) return argmax(logits, vocab);
+  const double t = spec.temperature > 0 ? spec.temperature : 1.0;
+  // Candidates sorted by logit (descending); ties keep the lower id first.
+  std::vector<int32_t> idx(vocab);
+  std::iota(idx.begin(), idx.end(), 0);
+  int keep = vocab;
+  if (spec.topk > 0 && spec.topk < vocab) keep = spec.topk;
+  auto cmp = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), cmp);
+  idx.resize(keep);
+  std::vector<double> p(keep);
+  const double mx = logits[idx[0]];
+  double sum = 0;
+  for (int i = 0; i < keep; i++) sum += (p[i] = std::exp((logits[idx[i]] - mx) / t));
+  for (double &x : p) x /= sum;
+  if (spec.topp > 0 && spec.topp < 1) {
+    // Smallest prefix whose mass reaches topp (the first token always stays).
+    double cum = 0;
+    int n = 0;
+    while (n < keep) {
+      cum += p[n++];
+      if (cum >= spec.topp) break;
+    }
+    keep = n;
+    p.resize(keep);
+    double s = std::accumulate(p.begin(), p.end(), 0.0);
+    for (double &x : p) x /= s;
+  }
+  double u = uniform01(spec.seed, spec.counter);
+  double cum = 0;
+  for (int i = 0; i < keep; i++) {
+    cum += p[i];
+    if (u < cum) return idx[i];
+  }
+  return idx[keep - 1];
+}
+
+}  // namespace ffspec

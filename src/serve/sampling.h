@@ -1,0 +1,16 @@
+// Drawing the next token from a row of logits: greedy (argmax, first maximum like
+// torch.argmax) or sampling with temperature, top-k and top-p. Randomness is a pure
+// function of (seed, counter), so a seeded request repeats exactly however it is batched.
+#pragma once
+#include <cstdint>
+
+#include "serve/batch.h"
+
+namespace ffspec {
+
+int32_t argmax(const float *logits, int vocab);
+// uniform double in [0, 1) from (seed, counter)
+double uniform01(uint64_t seed, uint64_t counter);
+int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec);
+
+}  // namespace ffspec

@@ -1,0 +1,167 @@
+"""Bad input gets a typed exception that names the problem, and the process keeps working."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import flexflow_spec as ff
+from conftest import make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "m")
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(runtime, tiny_dir):
+    llm = ff.LLM(str(tiny_dir), data_type=ff.DataType.DT_FLOAT)
+    llm.compile(ff.GenerationConfig(), max_requests_per_batch=2, max_seq_length=32, max_tokens_per_batch=8)
+    return llm
+
+
+@pytest.fixture(scope="module")
+def reference_tokens(tiny_llm):
+    return tiny_llm.generate([1, 2, 3, 4], max_new_tokens=8).output_tokens
+
+
+def still_works(llm, ref):
+    assert llm.generate([1, 2, 3, 4], max_new_tokens=8).output_tokens == ref
+
+
+def copy_ckpt(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_path(runtime, tiny_llm, reference_tokens, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ff.LLM(str(tmp_path / "nope"))
+    still_works(tiny_llm, reference_tokens)
+
+
+def test_malformed_config(runtime, tiny_llm, reference_tokens, tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "bad_json")
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_size": 64,')
+    with pytest.raises(ff.CheckpointError, match=r"config\.json.*invalid JSON"):
+        ff.LLM(str(d))
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    del cfg["num_hidden_layers"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        ff.LLM(str(d))
+    cfg["num_hidden_layers"] = "two"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ff.CheckpointError, match="num_hidden_layers"):
+        ff.LLM(str(d))
+    still_works(tiny_llm, reference_tokens)
+
+
+def test_unsupported_architecture(runtime, tiny_llm, reference_tokens, tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "arch")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ff.UnsupportedModelError, match="GPT2LMHeadModel"):
+        ff.LLM(str(d))
+    still_works(tiny_llm, reference_tokens)
+
+
+def _rewrite_safetensors(src_dir, dst_dir, edit):
+    from safetensors.torch import load_file, save_file
+    f = next(src_dir.glob("*.safetensors"))
+    tensors = load_file(str(f))
+    edit(tensors)
+    save_file(tensors, str(dst_dir / f.name), metadata={"format": "pt"})
+
+
+def test_missing_tensor(runtime, tiny_llm, reference_tokens, tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "missing")
+    _rewrite_safetensors(tiny_dir, d, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(ff.CheckpointError, match=r"missing tensor model\.layers\.1\.mlp\.up_proj\.weight"):
+        ff.LLM(str(d))
+    still_works(tiny_llm, reference_tokens)
+
+
+def test_misshaped_tensor(runtime, tiny_llm, reference_tokens, tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "shape")
+
+    def edit(t):
+        t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][:, :32].contiguous()
+
+    _rewrite_safetensors(tiny_dir, d, edit)
+    with pytest.raises(ff.CheckpointError, match=r"k_proj\.weight has shape \[64, 32\], expected \[64, 64\]"):
+        ff.LLM(str(d))
+    still_works(tiny_llm, reference_tokens)
+
+
+def test_truncated_weights_file(runtime, tiny_llm, reference_tokens, tiny_dir, tmp_path):
+    d = copy_ckpt(tiny_dir, tmp_path / "trunc")
+    f = next(d.glob("*.safetensors"))
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ff.CheckpointError, match="outside the file"):
+        ff.LLM(str(d))
+    still_works(tiny_llm, reference_tokens)
+
+
+def test_not_a_gguf(runtime, tmp_path):
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"not a gguf at all")
+    with pytest.raises(ff.CheckpointError, match="bad magic"):
+        ff.LLM(str(f))
+
+
+def test_prompt_longer_than_max_seq_length(tiny_llm, reference_tokens):
+    with pytest.raises(ValueError, match=r"prompt has 40 tokens but max_seq_length is 32"):
+        tiny_llm.generate(list(range(3, 43)), max_new_tokens=4)
+    still_works(tiny_llm, reference_tokens)
+
+
+def test_invalid_generation_settings(tiny_llm, reference_tokens):
+    with pytest.raises(ValueError, match="temperature"):
+        tiny_llm.generate([1, 2], max_new_tokens=2, generation_config=ff.GenerationConfig(do_sample=True, temperature=0))
+    with pytest.raises(ValueError, match="topp"):
+        tiny_llm.generate([1, 2], max_new_tokens=2, generation_config=ff.GenerationConfig(do_sample=True, topp=1.5))
+    with pytest.raises(ValueError, match="topk"):
+        tiny_llm.generate([1, 2], max_new_tokens=2, generation_config=ff.GenerationConfig(do_sample=True, topk=-3))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny_llm.generate([1, 2], max_new_tokens=-7)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tiny_llm.generate([1, 100000], max_new_tokens=2)
+    with pytest.raises(ValueError, match="empty"):
+        tiny_llm.generate([[]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        tiny_llm.generate("text needs a tokenizer", max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_seq_length"):
+        ff.LLM(str(tiny_llm.path)).compile(ff.GenerationConfig(), max_seq_length=100000)
+    with pytest.raises(ValueError, match="max_tokens_per_batch"):
+        ff.LLM(str(tiny_llm.path)).compile(ff.GenerationConfig(), max_tokens_per_batch=0)
+    still_works(tiny_llm, reference_tokens)
+
+
+def test_generate_before_compile(runtime, tiny_dir):
+    with pytest.raises(ff.StateError, match="compile"):
+        ff.LLM(str(tiny_dir)).generate([1, 2], max_new_tokens=2)
+
+
+def test_memory_pool_too_small_names_the_setting(runtime, tiny_dir, tiny_llm, reference_tokens):
+    llm = ff.LLM(str(tiny_dir), data_type=ff.DataType.DT_FLOAT)
+    with pytest.raises(ff.OutOfMemoryError, match=r"system_memory"):
+        # A KV cache far larger than the pool.
+        llm.compile(ff.GenerationConfig(), max_requests_per_batch=200000, max_seq_length=512)
+    still_works(tiny_llm, reference_tokens)
+
+
+def test_init_rejects_bad_settings(runtime):
+    with pytest.raises(ff.InvalidArgumentError, match="unknown ff.init.. key.*num_gpu"):
+        ff.init(num_gpu=1)
+    with pytest.raises(ff.InvalidArgumentError, match="num_cpus"):
+        ff.init(num_cpus=-1)
+    with pytest.raises(ff.InvalidArgumentError, match="not both"):
+        ff.init({"num_cpus": 2}, num_cpus=2)
+    with pytest.raises(ff.StateError, match="different settings.*num_cpus"):
+        ff.init(num_cpus=runtime["num_cpus"] + 1)
+    assert ff.init(num_cpus=runtime["num_cpus"]) == runtime  # same settings: a no-op
