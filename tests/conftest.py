@@ -26,7 +26,7 @@ PROMPTS = [
 @pytest.fixture(scope="session")
 def runtime():
     """Legion, started once for the whole session, CPU only."""
-    return ff.init(num_cpus=2)
+    return ff.init(num_cpus=2, system_memory=6144)
 
 
 @pytest.fixture(scope="session")

@@ -147,12 +147,15 @@ def test_generate_before_compile(runtime, tiny_dir):
         ff.LLM(str(tiny_dir)).generate([1, 2], max_new_tokens=2)
 
 
-def test_memory_pool_too_small_names_the_setting(runtime, tiny_dir, tiny_llm, reference_tokens):
-    llm = ff.LLM(str(tiny_dir), data_type=ff.DataType.DT_FLOAT)
-    with pytest.raises(ff.OutOfMemoryError, match=r"system_memory"):
-        # A KV cache far larger than the pool.
-        llm.compile(ff.GenerationConfig(), max_requests_per_batch=200000, max_seq_length=512)
+def test_memory_pool_too_small_names_the_setting(runtime, tiny_llm, reference_tokens, tmp_path):
+    long_ctx = make_tiny_llama(tmp_path / "long", max_position_embeddings=1 << 22)
+    llm = ff.LLM(str(long_ctx), data_type=ff.DataType.DT_FLOAT)
+    with pytest.raises(ff.OutOfMemoryError, match=r"KV cache 16384 MiB.*system_memory"):
+        # 2 layers x K,V x 4 requests x 4M positions x 64 floats: 16 GiB, more than the pool.
+        llm.compile(ff.GenerationConfig(), max_requests_per_batch=4, max_seq_length=1 << 22)
     still_works(tiny_llm, reference_tokens)
+    with pytest.raises(ValueError, match=r"max_requests_per_batch must be in \[1, 4096\]"):
+        llm.compile(ff.GenerationConfig(), max_requests_per_batch=5000)
 
 
 def test_init_rejects_bad_settings(runtime):
@@ -163,5 +166,6 @@ def test_init_rejects_bad_settings(runtime):
     with pytest.raises(ff.InvalidArgumentError, match="not both"):
         ff.init({"num_cpus": 2}, num_cpus=2)
     with pytest.raises(ff.StateError, match="different settings.*num_cpus"):
-        ff.init(num_cpus=runtime["num_cpus"] + 1)
-    assert ff.init(num_cpus=runtime["num_cpus"]) == runtime  # same settings: a no-op
+        ff.init(num_cpus=runtime["num_cpus"] + 1, system_memory=runtime["system_memory"])
+    # The same settings again: a no-op that returns them.
+    assert ff.init(num_cpus=runtime["num_cpus"], system_memory=runtime["system_memory"]) == runtime

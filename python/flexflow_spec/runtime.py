@@ -26,7 +26,7 @@ _KEYS = {
     "inference_debugging": (bool, False),
     "fusion": (bool, True),
     # ours
-    "system_memory": (int, None),  # MiB of Legion system memory (-ll:csize); default: half of RAM
+    "system_memory": (int, None),  # MiB of Legion system memory (-ll:csize); default min(4 GiB, RAM/2)
     "legion_args": (list, []),      # extra Legion flags, passed as given
 }
 
@@ -43,7 +43,9 @@ def _default_system_memory() -> int:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
     except (ValueError, OSError):
         total = 8192
-    return max(1024, total // 2)
+    # Realm sets the whole pool up at start (about 0.25 s per GiB here), so the default is
+    # sized for several SmolLM2-sized models rather than for all of RAM.
+    return max(1024, min(4096, total // 2))
 
 
 def _normalize(cfg: dict) -> dict:
@@ -85,7 +87,9 @@ def _normalize(cfg: dict) -> dict:
 
 def legion_flags(s: dict) -> list[str]:
     flags = ["-ll:cpu", str(s["num_cpus"]), "-ll:util", str(max(1, s["legion_utility_processors"])),
-             "-ll:csize", str(s["system_memory"])]
+             "-ll:csize", str(s["system_memory"]),
+             # Realm warns when it cannot give each thread a dedicated core; we do not pin.
+             "-level", "threads=5"]
     if s["profiling"]:
         flags += ["-lg:prof", "1", "-lg:prof_logfile", "prof_%.gz"]
     return flags + s["legion_args"]

@@ -163,11 +163,14 @@ class LLM:
         return tok.decode(tokens, skip_special_tokens=True) if tok is not None else ""
 
     def generate(self, prompts, max_length: int = -1, max_new_tokens: int = -1,
-                 generation_config: GenerationConfig | None = None, return_logits: bool = False):
+                 generation_config: GenerationConfig | None = None, return_logits: bool = False,
+                 ignore_eos: bool = False):
         """Generate for one prompt (returns a GenerationResult) or a list (returns a list).
 
         A prompt is a string (tokenized with the checkpoint's tokenizer, BOS as it adds it),
-        a list of token ids (used exactly as given), or chat messages.
+        a list of token ids (used exactly as given), or chat messages. ignore_eos=True runs
+        every request to its length limit (benchmarks); return_logits=True keeps the logits
+        behind each generated token in result.logits.
         """
         if self.generation_config is None:
             raise StateError(f"{self.model_name}: call compile() before generate()")
@@ -185,7 +188,7 @@ class LLM:
         guids = []
         try:
             for _, ids in encoded:
-                guids.append(self._submit(ids, gc, max_length, max_new_tokens, return_logits))
+                guids.append(self._submit(ids, gc, max_length, max_new_tokens, return_logits, ignore_eos))
         except Exception:
             for g in guids:  # do not leave half a batch running unseen
                 self._collect(g, None, [], return_logits)
@@ -194,7 +197,8 @@ class LLM:
         self._write_output_file(results)
         return results[0] if single else results
 
-    def _submit(self, ids, gc: GenerationConfig, max_length: int, max_new_tokens: int, return_logits: bool) -> int:
+    def _submit(self, ids, gc: GenerationConfig, max_length: int, max_new_tokens: int, return_logits: bool,
+                ignore_eos: bool) -> int:
         p = ffi.new("ffs_request_params_t *")
         p.max_new_tokens = max_new_tokens
         p.max_length = max_length
@@ -205,7 +209,7 @@ class LLM:
         p.has_seed = int(gc.seed is not None)
         p.seed = int(gc.seed or 0)
         p.return_logits = int(return_logits)
-        p.num_eos_ids = -1
+        p.num_eos_ids = 0 if ignore_eos else -1
         arr = ffi.new("int32_t[]", ids)
         guid = ffi.new("uint64_t *")
         check(lib.ffs_request_submit(self._handle, arr, len(ids), p, guid))

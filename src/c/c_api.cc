@@ -126,8 +126,9 @@ void ffs_model_free(ffs_model_t m) {
 ffs_status_t ffs_model_compile(ffs_model_t m, const ffs_compile_params_t *p) {
   return guarded([&] {
     require(m && p, "model and params must not be NULL");
-    if (p->max_requests_per_batch < 1)
-      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_requests_per_batch must be >= 1, got " + std::to_string(p->max_requests_per_batch));
+    if (p->max_requests_per_batch < 1 || p->max_requests_per_batch > 4096)
+      ffspec::fail(FFS_ERR_INVALID_ARGUMENT,
+                   "max_requests_per_batch must be in [1, 4096], got " + std::to_string(p->max_requests_per_batch));
     if (p->max_tokens_per_batch < 1)
       ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_tokens_per_batch must be >= 1, got " + std::to_string(p->max_tokens_per_batch));
     if (p->max_seq_length < 2)

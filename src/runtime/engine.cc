@@ -23,7 +23,9 @@ namespace ffspec::engine {
 
 namespace {
 
-enum TaskIDs { TOP_LEVEL_TASK_ID = 7100, STEP_TASK_ID = 7101 };
+// STEP_TASK_ID returns drawn tokens only (a bounded future); STEP_LOGITS_TASK_ID runs the
+// same code but may return logits rows, a future of unbounded size that costs Legion more.
+enum TaskIDs { TOP_LEVEL_TASK_ID = 7100, STEP_TASK_ID = 7101, STEP_LOGITS_TASK_ID = 7102 };
 enum FieldIDs { FID_DATA = 101 };
 
 // A model's Legion state; only the driver thread touches the region handles.
@@ -170,8 +172,11 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
   st().placements[m->id] = p;
 }
 
-Future launch_step(Context ctx, Runtime *rt, const Placement &p, const std::vector<uint8_t> &args) {
-  TaskLauncher tl(STEP_TASK_ID, UntypedBuffer(args.data(), args.size()));
+Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch &b) {
+  bool logits = false;
+  for (const SampleSpec &s : b.samples) logits = logits || s.want_logits;
+  const std::vector<uint8_t> args = b.serialize();
+  TaskLauncher tl(logits ? STEP_LOGITS_TASK_ID : STEP_TASK_ID, UntypedBuffer(args.data(), args.size()));
   tl.add_region_requirement(RegionRequirement(p.weights, LEGION_READ_ONLY, LEGION_EXCLUSIVE, p.weights));
   tl.add_field(0, FID_DATA);
   tl.add_region_requirement(RegionRequirement(p.kv, LEGION_READ_WRITE, LEGION_EXCLUSIVE, p.kv));
@@ -217,7 +222,7 @@ void driver_main(std::promise<void> ready) {
         std::lock_guard<std::mutex> lock(st().mu);
         p = st().placements.at(m->id);
       }
-      Future f = launch_step(ctx, rt, p, b.serialize());
+      Future f = launch_step(ctx, rt, p, b);
       flights.push_back({m, std::move(b), f});
     }
     for (InFlight &fl : flights) {
@@ -276,10 +281,17 @@ void start(const std::vector<std::string> &args) {
     st().started = true;
   }
   {
+    CodeDescriptor desc(LegionTaskWrapper::legion_task_wrapper<StepResult, step_task>);
+    // tokens of up to 4096 rows, with the vector headers
+    const size_t tokens_only = 4096 * sizeof(int32_t) + 64;
     TaskVariantRegistrar reg(STEP_TASK_ID, "ffs_step");
     reg.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
     reg.set_leaf();
-    Runtime::preregister_task_variant<StepResult, step_task>(reg, "ffs_step");
+    Runtime::preregister_task_variant(reg, desc, nullptr, 0, "ffs_step", LEGION_AUTO_GENERATE_ID, tokens_only, true);
+    TaskVariantRegistrar reg2(STEP_LOGITS_TASK_ID, "ffs_step_logits");
+    reg2.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
+    reg2.set_leaf();
+    Runtime::preregister_task_variant(reg2, desc, nullptr, 0, "ffs_step_logits", LEGION_AUTO_GENERATE_ID, 0, false);
   }
   // Legion keeps pointers into argv for the life of the process.
   static std::vector<std::string> keep;
