@@ -25,7 +25,10 @@ namespace {
 
 // STEP_TASK_ID returns drawn tokens only (a bounded future); STEP_LOGITS_TASK_ID runs the
 // same code but may return logits rows, a future of unbounded size that costs Legion more.
-enum TaskIDs { TOP_LEVEL_TASK_ID = 7100, STEP_TASK_ID = 7101, STEP_LOGITS_TASK_ID = 7102 };
+// LOAD_WEIGHTS_TASK_ID fills the weights region from the checkpoint; being a task on a CPU
+// processor like the steps, its instance is the one the step tasks then map (an inline
+// mapping made the mapper create a second copy of the weights).
+enum TaskIDs { TOP_LEVEL_TASK_ID = 7100, STEP_TASK_ID = 7101, STEP_LOGITS_TASK_ID = 7102, LOAD_WEIGHTS_TASK_ID = 7103 };
 enum FieldIDs { FID_DATA = 101 };
 
 // A model's Legion state; only the driver thread touches the region handles.
@@ -45,6 +48,8 @@ struct State {
   std::map<int, ModelHandle *> models;  // registry read by step tasks
   std::map<int, Placement> placements;
   int next_id = 1;
+  ffs_status_t load_status = FFS_OK;  // last failed weight load, read by the driver
+  std::string load_error;
   size_t sysmem_capacity = 0;
   size_t sysmem_used = 0;
 };
@@ -99,6 +104,28 @@ StepResult step_task(const Task *task, const std::vector<PhysicalRegion> &region
   }
 }
 
+int32_t load_weights_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
+  int id;
+  std::memcpy(&id, task->args, sizeof(id));
+  try {
+    ModelHandle *m = lookup(id);
+    FFS_CHECK(m && m->checkpoint, FFS_ERR_INTERNAL, "load for an unknown model");
+    const FieldAccessor<LEGION_WRITE_DISCARD, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> acc(
+        regions[0], FID_DATA);
+    load_weights(*m->checkpoint, m->config, m->layout, m->data_type, acc.ptr(Point<1>(0)));
+    return 0;
+  } catch (const Error &e) {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().load_status = e.status();
+    st().load_error = e.what();
+  } catch (const std::exception &e) {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().load_status = FFS_ERR_INTERNAL;
+    st().load_error = e.what();
+  }
+  return 1;
+}
+
 // ---- regions ------------------------------------------------------------------------------
 
 LogicalRegion make_region(Context ctx, Runtime *rt, size_t n, const std::string &name) {
@@ -145,20 +172,13 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
   p.weights = make_region(ctx, rt, m->layout.total, tag + ".weights");
   p.kv = make_region(ctx, rt, kv_floats, tag + ".kv_cache");
   try {
-    InlineLauncher il(RegionRequirement(p.weights, LEGION_WRITE_DISCARD, LEGION_EXCLUSIVE, p.weights));
-    il.add_field(FID_DATA);
-    PhysicalRegion pr = rt->map_region(ctx, il);
-    pr.wait_until_valid();
-    const FieldAccessor<LEGION_WRITE_DISCARD, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> acc(pr, FID_DATA);
-    float *dst = acc.ptr(Point<1>(0));
-    std::exception_ptr err;
-    try {
-      load_weights(*m->checkpoint, m->config, m->layout, m->data_type, dst);
-    } catch (...) {
-      err = std::current_exception();
+    TaskLauncher tl(LOAD_WEIGHTS_TASK_ID, UntypedBuffer(&m->id, sizeof(m->id)));
+    tl.add_region_requirement(RegionRequirement(p.weights, LEGION_WRITE_DISCARD, LEGION_EXCLUSIVE, p.weights));
+    tl.add_field(0, FID_DATA);
+    if (rt->execute_task(ctx, tl).get_result<int32_t>() != 0) {
+      std::lock_guard<std::mutex> lock(st().mu);
+      fail(st().load_status, st().load_error);
     }
-    rt->unmap_region(ctx, pr);
-    if (err) std::rethrow_exception(err);
     rt->fill_field<float>(ctx, p.kv, p.kv, FID_DATA, 0.0f);
   } catch (...) {
     destroy_region(ctx, rt, p.weights);
@@ -292,6 +312,10 @@ void start(const std::vector<std::string> &args) {
     reg2.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
     reg2.set_leaf();
     Runtime::preregister_task_variant(reg2, desc, nullptr, 0, "ffs_step_logits", LEGION_AUTO_GENERATE_ID, 0, false);
+    TaskVariantRegistrar reg3(LOAD_WEIGHTS_TASK_ID, "ffs_load_weights");
+    reg3.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
+    reg3.set_leaf();
+    Runtime::preregister_task_variant<int32_t, load_weights_task>(reg3, "ffs_load_weights");
   }
   // Legion keeps pointers into argv for the life of the process.
   static std::vector<std::string> keep;
