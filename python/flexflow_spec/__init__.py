@@ -3,12 +3,12 @@ on a C++ runtime built on Legion."""
 from .errors import (CheckpointError, FlexFlowSpecError, InternalError, InvalidArgumentError,
                      ModelNotFoundError, OutOfMemoryError, StateError, UnsupportedModelError)
 from .runtime import init
-from .serve import LLM, DataType, GenerationConfig, GenerationResult
+from .serve import LLM, SSM, DataType, GenerationConfig, GenerationResult, SpeculationConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "init", "LLM", "DataType", "GenerationConfig", "GenerationResult",
+    "init", "LLM", "SSM", "SpeculationConfig", "DataType", "GenerationConfig", "GenerationResult",
     "FlexFlowSpecError", "InvalidArgumentError", "ModelNotFoundError", "CheckpointError",
     "UnsupportedModelError", "OutOfMemoryError", "StateError", "InternalError",
 ]

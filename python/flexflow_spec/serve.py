@@ -45,6 +45,30 @@ class GenerationConfig:
 
 
 @dataclass
+class SpeculationConfig:
+    """Token tree shape. widths[d-1] = nodes the SSMs keep at depth d (the last repeats).
+    The default is SpecInfer's: depth 8, one branch at depths 1-2, three from depth 3, at most
+    64 tree tokens per request. SpeculationConfig.chain(depth) speculates a single sequence
+    (the original's --expansion-degree -1)."""
+    max_depth: int = 8
+    widths: tuple = (1, 1, 3)
+    max_tree_tokens: int = 64
+
+    @classmethod
+    def chain(cls, depth: int = 8) -> "SpeculationConfig":
+        return cls(max_depth=depth, widths=(1,), max_tree_tokens=max(depth, 1))
+
+    def validate(self) -> None:
+        if not (isinstance(self.max_depth, int) and 1 <= self.max_depth <= 64):
+            raise InvalidArgumentError(f"max_depth must be in [1, 64], got {self.max_depth!r}")
+        w = tuple(self.widths)
+        if not (1 <= len(w) <= 16 and all(isinstance(x, int) and 1 <= x <= 16 for x in w)):
+            raise InvalidArgumentError(f"widths must be 1 to 16 integers in [1, 16], got {self.widths!r}")
+        if not (isinstance(self.max_tree_tokens, int) and 1 <= self.max_tree_tokens <= 64):
+            raise InvalidArgumentError(f"max_tree_tokens must be in [1, 64], got {self.max_tree_tokens!r}")
+
+
+@dataclass
 class GenerationResult:
     guid: int
     input_text: str | None
@@ -111,6 +135,7 @@ class LLM:
         self._tok_lock = threading.Lock()
         self.generation_config: GenerationConfig | None = None
         self.max_seq_length = 0
+        self.ssms: list = []
 
     @property
     def tokenizer(self):
@@ -121,10 +146,21 @@ class LLM:
         return self._tokenizer
 
     def compile(self, generation_config: GenerationConfig | None = None, max_requests_per_batch: int = 1,
-                max_seq_length: int = 256, max_tokens_per_batch: int = 64, ssms: Sequence = ()):
-        """Place the weights and the KV cache in Legion regions and start serving."""
-        if ssms:
-            raise InvalidArgumentError("speculative inference (ssms=...) is not available in this version")
+                max_seq_length: int = 256, max_tokens_per_batch: int = 64, ssms: Sequence = (),
+                speculation: SpeculationConfig | None = None):
+        """Place the weights and the KV cache in Legion regions and start serving.
+
+        With ssms (compiled SSM objects sharing this model's vocabulary) the LLM runs
+        speculative inference with token tree verification; speculation sets the tree shape.
+        """
+        ssms = list(ssms)
+        for s in ssms:
+            if not isinstance(s, LLM):
+                raise InvalidArgumentError(f"ssms must be compiled ff.SSM objects, got {type(s).__name__}")
+            if s.generation_config is None:
+                raise StateError(f"SSM {s.model_name}: call ssm.compile() before llm.compile(ssms=...)")
+        spec = speculation or SpeculationConfig()
+        spec.validate()
         for name, val in (("max_requests_per_batch", max_requests_per_batch), ("max_seq_length", max_seq_length),
                           ("max_tokens_per_batch", max_tokens_per_batch)):
             if isinstance(val, bool) or not isinstance(val, int):
@@ -135,7 +171,19 @@ class LLM:
         params = ffi.new("ffs_compile_params_t *", {
             "max_requests_per_batch": max_requests_per_batch, "max_seq_length": max_seq_length,
             "max_tokens_per_batch": max_tokens_per_batch})
-        check(lib.ffs_model_compile(self._handle, params))
+        if ssms:
+            tree = ffi.new("ffs_tree_params_t *")
+            tree.max_depth = spec.max_depth
+            tree.num_widths = len(spec.widths)
+            for i, w in enumerate(spec.widths):
+                tree.widths[i] = w
+            tree.max_tree_tokens = spec.max_tree_tokens
+            handles = ffi.new("ffs_model_t[]", [s._handle for s in ssms])
+            check(lib.ffs_model_compile_speculative(self._handle, params, handles, len(ssms), tree))
+        else:
+            check(lib.ffs_model_compile(self._handle, params))
+        self.ssms = ssms
+        self.speculation = spec if ssms else None
         self.generation_config = gc
         self.max_seq_length = max_seq_length
 
@@ -184,6 +232,8 @@ class LLM:
                 raise InvalidArgumentError(f"{name} must be an integer >= 0 (or -1 for no limit), got {val!r}")
         gc = generation_config or self.generation_config
         gc.validate()
+        if return_logits and self.ssms:
+            raise InvalidArgumentError("return_logits is only available without speculation (ssms)")
         encoded = [self._encode(p) for p in batch]
         guids = []
         try:
@@ -228,11 +278,15 @@ class LLM:
             logits = np.empty((n, res.vocab_size), dtype=np.float32)
             check(lib.ffs_request_get_logits(self._handle, guid, ffi.cast("float *", ffi.from_buffer(logits)),
                                              logits.size))
+        steps = res.llm_decoding_steps
+        acc = ffi.new("int32_t[]", max(steps, 1))
+        check(lib.ffs_request_get_accepted(self._handle, guid, acc, steps))
+        accepted = list(acc[0:steps])
         check(lib.ffs_request_release(self._handle, guid))
         return GenerationResult(
             guid=guid, input_text=text, output_text=self._decode(out), input_tokens=list(ids),
             output_tokens=out, finish_reason=_FINISH.get(res.finish_reason, "length"),
-            llm_decoding_steps=res.llm_decoding_steps, accepted_tokens=[1] * res.llm_decoding_steps,
+            llm_decoding_steps=steps, accepted_tokens=accepted,
             latency_ms=res.latency_us / 1000.0, ttft_ms=res.ttft_us / 1000.0, logits=logits)
 
     def _write_output_file(self, results: list[GenerationResult]) -> None:
@@ -244,3 +298,7 @@ class LLM:
                         f"latency({r.latency_ms * 1000:.0f}) ttft({r.ttft_ms * 1000:.0f})\n")
                 f.write("token IDs: " + ", ".join(map(str, r.input_tokens + r.output_tokens)) + "\n")
                 f.write((r.input_text or "") + r.output_text + "\n")
+
+
+class SSM(LLM):
+    """A small speculative model: compile it, then pass it to llm.compile(ssms=[...])."""

@@ -46,8 +46,30 @@ void require(bool cond, const char *what) {
   if (!cond) ffspec::fail(FFS_ERR_INVALID_ARGUMENT, what);
 }
 
+ffspec::ServeLimits limits_from(ffs_model_t m, const ffs_compile_params_t *p) {
+  if (p->max_requests_per_batch < 1 || p->max_requests_per_batch > 4096)
+    ffspec::fail(FFS_ERR_INVALID_ARGUMENT,
+                 "max_requests_per_batch must be in [1, 4096], got " + std::to_string(p->max_requests_per_batch));
+  if (p->max_tokens_per_batch < 1)
+    ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_tokens_per_batch must be >= 1, got " + std::to_string(p->max_tokens_per_batch));
+  if (p->max_seq_length < 2)
+    ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_seq_length must be >= 2, got " + std::to_string(p->max_seq_length));
+  if (p->max_seq_length > m->handle.config.max_position_embeddings)
+    ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_seq_length " + std::to_string(p->max_seq_length) +
+                                               " exceeds the model's max_position_embeddings " +
+                                               std::to_string(m->handle.config.max_position_embeddings));
+  ffspec::ServeLimits lim;
+  lim.max_requests_per_batch = p->max_requests_per_batch;
+  lim.max_seq_length = p->max_seq_length;
+  lim.max_tokens_per_batch = p->max_tokens_per_batch;
+  lim.vocab_size = m->handle.config.vocab_size;
+  return lim;
+}
+
 ffspec::RequestManager &manager_of(ffs_model_t m) {
   require(m != nullptr, "model handle is NULL");
+  if (m->handle.attached_to >= 0)
+    ffspec::fail(FFS_ERR_STATE, "model " + m->handle.path + " is an SSM of a speculative LLM; generate with the LLM");
   if (!m->handle.manager) ffspec::fail(FFS_ERR_STATE, "model " + m->handle.path + " is not compiled: call compile() first");
   return *m->handle.manager;
 }
@@ -126,23 +148,37 @@ void ffs_model_free(ffs_model_t m) {
 ffs_status_t ffs_model_compile(ffs_model_t m, const ffs_compile_params_t *p) {
   return guarded([&] {
     require(m && p, "model and params must not be NULL");
-    if (p->max_requests_per_batch < 1 || p->max_requests_per_batch > 4096)
-      ffspec::fail(FFS_ERR_INVALID_ARGUMENT,
-                   "max_requests_per_batch must be in [1, 4096], got " + std::to_string(p->max_requests_per_batch));
-    if (p->max_tokens_per_batch < 1)
-      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_tokens_per_batch must be >= 1, got " + std::to_string(p->max_tokens_per_batch));
-    if (p->max_seq_length < 2)
-      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_seq_length must be >= 2, got " + std::to_string(p->max_seq_length));
-    if (p->max_seq_length > m->handle.config.max_position_embeddings)
-      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "max_seq_length " + std::to_string(p->max_seq_length) +
-                                              " exceeds the model's max_position_embeddings " +
-                                              std::to_string(m->handle.config.max_position_embeddings));
-    ffspec::ServeLimits lim;
-    lim.max_requests_per_batch = p->max_requests_per_batch;
-    lim.max_seq_length = p->max_seq_length;
-    lim.max_tokens_per_batch = p->max_tokens_per_batch;
-    lim.vocab_size = m->handle.config.vocab_size;
+    ffspec::ServeLimits lim = limits_from(m, p);
     ffspec::engine::compile(&m->handle, lim);
+  });
+}
+
+ffs_status_t ffs_model_compile_speculative(ffs_model_t llm, const ffs_compile_params_t *p, const ffs_model_t *ssms,
+                                           int32_t num_ssms, const ffs_tree_params_t *tree) {
+  return guarded([&] {
+    require(llm && p && tree && (ssms || num_ssms == 0), "bad arguments to ffs_model_compile_speculative");
+    require(num_ssms >= 1, "speculative inference needs at least one SSM");
+    require(tree->num_widths >= 1 && tree->num_widths <= 16, "tree num_widths must be in [1, 16]");
+    ffspec::ServeLimits lim = limits_from(llm, p);
+    std::vector<ffspec::ModelHandle *> hs;
+    for (int i = 0; i < num_ssms; i++) {
+      require(ssms[i] != nullptr, "SSM handle is NULL");
+      hs.push_back(&ssms[i]->handle);
+    }
+    ffspec::TreeShape shape;
+    shape.max_depth = tree->max_depth;
+    shape.widths.assign(tree->widths, tree->widths + tree->num_widths);
+    shape.max_tree_tokens = tree->max_tree_tokens;
+    ffspec::engine::compile_speculative(&llm->handle, lim, hs, shape);
+  });
+}
+
+ffs_status_t ffs_request_get_accepted(ffs_model_t m, uint64_t guid, int32_t *counts, int32_t capacity) {
+  return guarded([&] {
+    ffspec::Request r;
+    if (!manager_of(m).wait(guid, 0, &r)) ffspec::fail(FFS_ERR_STATE, "request is still running");
+    require(capacity >= static_cast<int32_t>(r.accepted_per_step.size()), "counts buffer too small");
+    std::copy(r.accepted_per_step.begin(), r.accepted_per_step.end(), counts);
   });
 }
 
@@ -203,6 +239,8 @@ ffs_status_t ffs_request_get_logits(ffs_model_t m, uint64_t guid, float *logits,
   return guarded([&] {
     ffspec::Request r;
     if (!manager_of(m).wait(guid, 0, &r)) ffspec::fail(FFS_ERR_STATE, "request is still running");
+    if (r.params.return_logits && m->handle.speculative)
+      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "logits are not kept in speculative mode");
     require(capacity >= static_cast<int64_t>(r.logits.size()), "logits buffer too small");
     std::copy(r.logits.begin(), r.logits.end(), logits);
   });

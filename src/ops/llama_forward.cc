@@ -21,6 +21,26 @@ void llama_forward_cpu(const ModelView &m, const StepBatch &b, float *logits) {
   gu.resize(static_cast<size_t>(T) * 2 * I);
   act.resize(static_cast<size_t>(T) * I);
   const float *W = m.weights;
+  // Plain causal tokens unless the batch carries tree attention.
+  const bool tree = !b.cache_pos.empty();
+  thread_local std::vector<int32_t> cache_pos, prefix_len;
+  if (tree) {
+    cache_pos = b.cache_pos;
+    prefix_len = b.prefix_len;
+  } else {
+    cache_pos = b.positions;
+    prefix_len.resize(T);
+    for (int t = 0; t < T; t++) prefix_len[t] = b.positions[t] + 1;
+  }
+  // Accepted tree tokens' K/V move to their final positions before anything reads them.
+  for (const KvMove &mv : b.commits) {
+    if (mv.src == mv.dst) continue;
+    for (int l = 0; l < c.num_layers; l++)
+      for (int kvi = 0; kvi < 2; kvi++) {
+        float *cache = m.kv + (static_cast<size_t>(l) * 2 + kvi) * half_cache + static_cast<size_t>(mv.slot) * slot_stride;
+        std::memcpy(cache + static_cast<size_t>(mv.dst) * KV, cache + static_cast<size_t>(mv.src) * KV, KV * sizeof(float));
+      }
+  }
   for (int t = 0; t < T; t++)
     std::memcpy(&x[static_cast<size_t>(t) * H], W + m.layout->embed + static_cast<size_t>(b.tokens[t]) * H,
                 H * sizeof(float));
@@ -32,12 +52,13 @@ void llama_forward_cpu(const ModelView &m, const StepBatch &b, float *logits) {
     cpu::rope(qkv.data(), T, QKV, c.num_heads, c.head_dim, b.positions.data(), m.inv_freq);
     cpu::rope(qkv.data() + Q, T, QKV, c.num_kv_heads, c.head_dim, b.positions.data(), m.inv_freq);
     for (int t = 0; t < T; t++) {
-      const size_t dst = static_cast<size_t>(b.slots[t]) * slot_stride + static_cast<size_t>(b.positions[t]) * KV;
+      const size_t dst = static_cast<size_t>(b.slots[t]) * slot_stride + static_cast<size_t>(cache_pos[t]) * KV;
       std::memcpy(ck + dst, &qkv[static_cast<size_t>(t) * QKV + Q], KV * sizeof(float));
       std::memcpy(cv + dst, &qkv[static_cast<size_t>(t) * QKV + Q + KV], KV * sizeof(float));
     }
     cpu::AttentionArgs a{qkv.data(), QKV, ck, cv, m.max_seq, c.num_heads, c.num_kv_heads, c.head_dim,
-                         b.positions.data(), b.slots.data(), T, attn.data()};
+                         prefix_len.data(), b.slots.data(), tree ? b.tree_base.data() : nullptr,
+                         tree ? b.tree_mask.data() : nullptr, T, attn.data()};
     cpu::attention(a);
     cpu::linear(attn.data(), W + L.wo, nullptr, h.data(), T, H, Q);
     cpu::add_inplace(x.data(), h.data(), static_cast<size_t>(T) * H);

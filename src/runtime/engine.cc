@@ -13,6 +13,7 @@
 #include "legion.h"
 #include "ops/llama_forward.h"
 #include "serve/sampling.h"
+#include "serve/spec_manager.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "weights/checkpoint.h"
@@ -30,6 +31,7 @@ namespace {
 // mapping made the mapper create a second copy of the weights).
 enum TaskIDs { TOP_LEVEL_TASK_ID = 7100, STEP_TASK_ID = 7101, STEP_LOGITS_TASK_ID = 7102, LOAD_WEIGHTS_TASK_ID = 7103 };
 enum FieldIDs { FID_DATA = 101 };
+constexpr size_t kBoundedResult = 64 << 10;  // bytes
 
 // A model's Legion state; only the driver thread touches the region handles.
 struct Placement {
@@ -89,6 +91,13 @@ StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions
     const float *row = logits.data() + i * V;
     r.tokens[i] = sample_token(row, V, b.samples[i]);
     if (b.samples[i].want_logits) r.logits.insert(r.logits.end(), row, row + V);
+    if (const int k = std::min(b.samples[i].num_topk, V); k > 0) {
+      const size_t at = r.topk_tokens.size();
+      r.topk_tokens.resize(at + k);
+      r.topk_probs.resize(at + k);
+      top_k_probs(row, V, b.samples[i].do_sample ? b.samples[i].temperature : 1.0f, k, &r.topk_tokens[at],
+                  &r.topk_probs[at]);
+    }
   }
   return r;
 }
@@ -194,7 +203,12 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
 
 Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch &b) {
   bool logits = false;
-  for (const SampleSpec &s : b.samples) logits = logits || s.want_logits;
+  size_t bytes = 64 + b.num_rows() * sizeof(int32_t);
+  for (const SampleSpec &s : b.samples) {
+    logits = logits || s.want_logits;
+    bytes += static_cast<size_t>(s.num_topk) * (sizeof(int32_t) + sizeof(float));
+  }
+  logits = logits || bytes > kBoundedResult;
   const std::vector<uint8_t> args = b.serialize();
   TaskLauncher tl(logits ? STEP_LOGITS_TASK_ID : STEP_TASK_ID, UntypedBuffer(args.data(), args.size()));
   tl.add_region_requirement(RegionRequirement(p.weights, LEGION_READ_ONLY, LEGION_EXCLUSIVE, p.weights));
@@ -227,31 +241,39 @@ void driver_main(std::promise<void> ready) {
         if (kv.second->manager && st().placements.count(kv.first)) models.push_back(kv.second);
     }
     for (auto &job : jobs) job(ctx, rt);
-    // One step per model with work; models step concurrently on Legion's CPU processors.
+    // Each manager's next step: one batch per model in it (an LLM, or its SSMs drafting).
+    // Everything launched here runs concurrently on Legion's CPU processors.
     struct InFlight {
       ModelHandle *m;
-      StepBatch batch;
-      Future f;
+      std::vector<StepBatch> batches;
+      std::vector<Future> futures;
     };
     std::vector<InFlight> flights;
     for (ModelHandle *m : models) {
-      StepBatch b = m->manager->schedule();
-      if (b.num_tokens() == 0) continue;
-      Placement p;
-      {
-        std::lock_guard<std::mutex> lock(st().mu);
-        p = st().placements.at(m->id);
+      std::vector<StepBatch> steps = m->manager->next_steps();
+      if (steps.empty()) continue;
+      InFlight fl{m, std::move(steps), {}};
+      for (const StepBatch &b : fl.batches) {
+        Placement p;
+        {
+          std::lock_guard<std::mutex> lock(st().mu);
+          p = st().placements.at(b.model_id);
+        }
+        fl.futures.push_back(launch_step(ctx, rt, p, b));
       }
-      Future f = launch_step(ctx, rt, p, b);
-      flights.push_back({m, std::move(b), f});
+      flights.push_back(std::move(fl));
     }
     for (InFlight &fl : flights) {
       try {
-        StepResult r = fl.f.get_result<StepResult>();
-        if (r.tokens.size() != fl.batch.num_rows()) fail(FFS_ERR_INTERNAL, "the step task failed (see the log)");
-        fl.m->manager->update_from_output(fl.batch, r);
+        std::vector<StepResult> results;
+        for (size_t i = 0; i < fl.futures.size(); i++) {
+          results.push_back(fl.futures[i].get_result<StepResult>());
+          if (results.back().tokens.size() != fl.batches[i].num_rows())
+            fail(FFS_ERR_INTERNAL, "the step task failed (see the log)");
+        }
+        fl.m->manager->update(fl.batches, results);
       } catch (const std::exception &e) {
-        fl.m->manager->fail_batch(fl.batch, e.what());
+        fl.m->manager->fail_steps(fl.batches, e.what());
       }
     }
     if (flights.empty()) {
@@ -302,8 +324,8 @@ void start(const std::vector<std::string> &args) {
   }
   {
     CodeDescriptor desc(LegionTaskWrapper::legion_task_wrapper<StepResult, step_task>);
-    // tokens of up to 4096 rows, with the vector headers
-    const size_t tokens_only = 4096 * sizeof(int32_t) + 64;
+    // drawn tokens and small top-k lists; larger results use the unbounded variant
+    const size_t tokens_only = kBoundedResult;
     TaskVariantRegistrar reg(STEP_TASK_ID, "ffs_step");
     reg.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
     reg.set_leaf();
@@ -372,6 +394,40 @@ void unregister_model(int id) {
       destroy_region(ctx, rt, p.kv);
     });
   }
+}
+
+void compile_speculative(ModelHandle *llm, const ServeLimits &limits, const std::vector<ModelHandle *> &ssms,
+                         const TreeShape &shape) {
+  std::vector<SpecModel> sm;
+  for (ModelHandle *s : ssms) {
+    if (!s->manager) fail(FFS_ERR_STATE, "SSM " + s->path + " is not compiled: call ssm.compile() first");
+    if (s == llm) fail(FFS_ERR_INVALID_ARGUMENT, "a model cannot be its own SSM");
+    if (s->attached_to >= 0 && s->attached_to != llm->id)
+      fail(FFS_ERR_STATE, "SSM " + s->path + " already serves another LLM");
+    if (s->config.vocab_size != llm->config.vocab_size)
+      fail(FFS_ERR_INVALID_ARGUMENT, "SSM " + s->path + " has a vocabulary of " + std::to_string(s->config.vocab_size) +
+                                         " tokens, the LLM " + std::to_string(llm->config.vocab_size) +
+                                         ": they must share one tokenizer");
+    sm.push_back({s->id, s->limits});
+  }
+  if (shape.max_depth < 1 || shape.max_depth > kMaxTreeTokens)
+    fail(FFS_ERR_INVALID_ARGUMENT, "tree max_depth must be in [1, 64]");
+  if (shape.max_tree_tokens < 1 || shape.max_tree_tokens > kMaxTreeTokens)
+    fail(FFS_ERR_INVALID_ARGUMENT, "max_tree_tokens must be in [1, 64]");
+  for (int w : shape.widths)
+    if (w < 1 || w > 16) fail(FFS_ERR_INVALID_ARGUMENT, "tree widths must be in [1, 16]");
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (st().placements.count(llm->id)) fail(FFS_ERR_STATE, "model " + llm->path + " is already compiled");
+  }
+  if (!llm->checkpoint) fail(FFS_ERR_STATE, "model " + llm->path + " has no checkpoint to load");
+  llm->limits = limits;
+  run_on_driver([llm, ssms, sm, shape](Context ctx, Runtime *rt) {
+    do_compile(ctx, rt, llm);
+    for (ModelHandle *s : ssms) s->attached_to = llm->id;
+    llm->speculative = true;
+    llm->manager = std::make_unique<SpecManager>(SpecModel{llm->id, llm->limits}, sm, shape, wake);
+  });
 }
 
 void compile(ModelHandle *m, const ServeLimits &limits) {

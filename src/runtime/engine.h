@@ -10,6 +10,7 @@
 #include "flexflow_spec/c/flexflow_spec.h"
 #include "models/llama.h"
 #include "serve/request_manager.h"
+#include "serve/token_tree.h"
 
 namespace ffspec {
 
@@ -25,6 +26,8 @@ struct ModelHandle {
   std::unique_ptr<Checkpoint> checkpoint;  // kept mapped until compile has copied it
   std::unique_ptr<RequestManager> manager; // set by compile
   ServeLimits limits;
+  int attached_to = -1;                    // an SSM serving an LLM's speculation
+  bool speculative = false;
 };
 
 namespace engine {
@@ -38,6 +41,9 @@ int register_model(ModelHandle *m);
 void unregister_model(int id);
 // Creates the regions, copies the weights in and starts serving; blocks until done.
 void compile(ModelHandle *m, const ServeLimits &limits);
+// Like compile, and the LLM speculates with these (already compiled) SSMs.
+void compile_speculative(ModelHandle *llm, const ServeLimits &limits, const std::vector<ModelHandle *> &ssms,
+                         const TreeShape &shape);
 
 }  // namespace engine
 }  // namespace ffspec

@@ -55,6 +55,11 @@ std::vector<uint8_t> StepBatch::serialize() const {
   w.vec(slots);
   w.vec(logit_rows);
   w.vec(samples);
+  w.vec(cache_pos);
+  w.vec(prefix_len);
+  w.vec(tree_base);
+  w.vec(tree_mask);
+  w.vec(commits);
   return out;
 }
 
@@ -67,11 +72,17 @@ StepBatch StepBatch::deserialize(const void *data, size_t size) {
   b.slots = r.vec<int32_t>();
   b.logit_rows = r.vec<int32_t>();
   b.samples = r.vec<SampleSpec>();
+  b.cache_pos = r.vec<int32_t>();
+  b.prefix_len = r.vec<int32_t>();
+  b.tree_base = r.vec<int32_t>();
+  b.tree_mask = r.vec<uint64_t>();
+  b.commits = r.vec<KvMove>();
   return b;
 }
 
 size_t StepResult::legion_buffer_size() const {
-  return 2 * sizeof(uint64_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float);
+  return 4 * sizeof(uint64_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
+         topk_tokens.size() * sizeof(int32_t) + topk_probs.size() * sizeof(float);
 }
 
 void StepResult::legion_serialize(void *buffer) const {
@@ -79,6 +90,8 @@ void StepResult::legion_serialize(void *buffer) const {
   Writer w{out};
   w.vec(tokens);
   w.vec(logits);
+  w.vec(topk_tokens);
+  w.vec(topk_probs);
   std::memcpy(buffer, out.data(), out.size());
 }
 
@@ -88,6 +101,8 @@ void StepResult::legion_deserialize(const void *buffer) {
   Reader r{p, p + (size_t(1) << 40)};
   tokens = r.vec<int32_t>();
   logits = r.vec<float>();
+  topk_tokens = r.vec<int32_t>();
+  topk_probs = r.vec<float>();
 }
 
 }  // namespace ffspec

@@ -15,6 +15,13 @@ struct SampleSpec {
   uint64_t seed = 0;
   uint64_t counter = 0;     // index of the token being drawn: randomness = f(seed, counter)
   int32_t want_logits = 0;  // copy this row's logits into the result
+  int32_t num_topk = 0;     // also return the row's num_topk most likely tokens and their probabilities
+};
+
+// Move one token's K/V (all layers) inside a slot: accepted tree tokens go to their final
+// positions before the step's forward pass reads the cache.
+struct KvMove {
+  int32_t slot, src, dst;
 };
 
 struct StepBatch {
@@ -22,6 +29,14 @@ struct StepBatch {
   std::vector<int32_t> tokens;     // [T] token ids
   std::vector<int32_t> positions;  // [T] position in its sequence
   std::vector<int32_t> slots;      // [T] KV cache slot (one per running request)
+  // Tree attention. A token writes its K/V at cache_pos and attends to cache positions
+  // [0, prefix_len) plus tree_base + j for each bit j of tree_mask. A plain causal token has
+  // cache_pos = position, prefix_len = position + 1, tree_mask = 0. Empty = all plain.
+  std::vector<int32_t> cache_pos;  // [T]
+  std::vector<int32_t> prefix_len; // [T]
+  std::vector<int32_t> tree_base;  // [T]
+  std::vector<uint64_t> tree_mask; // [T]
+  std::vector<KvMove> commits;     // applied before the forward pass
   std::vector<int32_t> logit_rows; // [R] indices into tokens whose next token is drawn
   std::vector<SampleSpec> samples; // [R]
 
@@ -35,6 +50,8 @@ struct StepBatch {
 struct StepResult {
   std::vector<int32_t> tokens;  // [R] drawn tokens
   std::vector<float> logits;    // [rows with want_logits, vocab], in row order
+  std::vector<int32_t> topk_tokens;  // concatenated num_topk entries of each row asking for them
+  std::vector<float> topk_probs;     // softmax probabilities (after the row's temperature) of those
 
   // Legion's future serialization protocol.
   size_t legion_buffer_size() const;

@@ -63,11 +63,21 @@ bool RequestManager::has_work() {
   return !waiting_.empty() || !running_.empty();
 }
 
-StepBatch RequestManager::schedule() {
-  std::lock_guard<std::mutex> lock(mu_);
-  StepBatch b;
-  b.model_id = model_id_;
-  in_flight_.clear();
+std::vector<StepBatch> RequestManager::next_steps() {
+  StepBatch b = schedule();
+  if (b.num_tokens() == 0) return {};
+  return {std::move(b)};
+}
+
+void RequestManager::update(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results) {
+  update_from_output(batches.at(0), results.at(0));
+}
+
+void RequestManager::fail_steps(const std::vector<StepBatch> &batches, const std::string &why) {
+  fail_batch(batches.empty() ? StepBatch() : batches[0], why);
+}
+
+void RequestManager::admit_locked() {
   while (!waiting_.empty() && !free_slots_.empty()) {
     Request &r = requests_.at(waiting_.front());
     waiting_.pop_front();
@@ -75,6 +85,43 @@ StepBatch RequestManager::schedule() {
     free_slots_.pop_back();
     running_.push_back(r.guid);
   }
+}
+
+SampleSpec RequestManager::sample_spec(const Request &r) const {
+  SampleSpec s;
+  s.do_sample = r.params.do_sample;
+  s.temperature = r.params.temperature;
+  s.topp = r.params.topp;
+  s.topk = r.params.topk;
+  s.seed = r.params.seed;
+  s.counter = static_cast<uint64_t>(r.num_generated());
+  s.want_logits = r.params.return_logits;
+  return s;
+}
+
+bool RequestManager::append_token_locked(Request &r, int32_t tok) {
+  r.tokens.push_back(tok);
+  if (r.num_generated() == 1) r.first_token = Request::Clock::now();
+  const int total = static_cast<int>(r.tokens.size());
+  const std::vector<int> &eos = r.params.eos_ids;
+  if (std::find(eos.begin(), eos.end(), tok) != eos.end()) {
+    finish_locked(r, FinishReason::Eos);
+    return true;
+  }
+  if ((r.params.max_new_tokens >= 0 && r.num_generated() >= r.params.max_new_tokens) ||
+      (r.params.max_length >= 0 && total >= r.params.max_length) || total >= limits_.max_seq_length) {
+    finish_locked(r, FinishReason::Length);
+    return true;
+  }
+  return false;
+}
+
+StepBatch RequestManager::schedule() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StepBatch b;
+  b.model_id = model_id_;
+  in_flight_.clear();
+  admit_locked();
   int budget = limits_.max_tokens_per_batch;
   auto take = [&](Request &r) {
     const int pending = static_cast<int>(r.tokens.size()) - r.num_computed;
@@ -89,15 +136,7 @@ StepBatch RequestManager::schedule() {
     const bool samples = n == pending;
     if (samples) {
       b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
-      SampleSpec s;
-      s.do_sample = r.params.do_sample;
-      s.temperature = r.params.temperature;
-      s.topp = r.params.topp;
-      s.topk = r.params.topk;
-      s.seed = r.params.seed;
-      s.counter = static_cast<uint64_t>(r.num_generated());
-      s.want_logits = r.params.return_logits;
-      b.samples.push_back(s);
+      b.samples.push_back(sample_spec(r));
     }
     in_flight_.push_back({r.guid, n, samples});
   };
@@ -137,16 +176,9 @@ void RequestManager::update_from_output(const StepBatch &b, const StepResult &re
       logit_row++;
     }
     row++;
-    r.tokens.push_back(tok);
     r.decoding_steps++;
-    if (r.num_generated() == 1) r.first_token = Request::Clock::now();
-    const int total = static_cast<int>(r.tokens.size());
-    const std::vector<int> &eos = r.params.eos_ids;
-    if (std::find(eos.begin(), eos.end(), tok) != eos.end())
-      finish_locked(r, FinishReason::Eos);
-    else if ((r.params.max_new_tokens >= 0 && r.num_generated() >= r.params.max_new_tokens) ||
-             (r.params.max_length >= 0 && total >= r.params.max_length) || total >= limits_.max_seq_length)
-      finish_locked(r, FinishReason::Length);
+    r.accepted_per_step.push_back(1);
+    append_token_locked(r, tok);
   }
   in_flight_.clear();
   done_cv_.notify_all();

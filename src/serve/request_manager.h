@@ -48,7 +48,9 @@ struct Request {
   RequestParams params;
   FinishReason finish = FinishReason::Running;
   std::string error;
-  int decoding_steps = 0;       // steps that drew one of its tokens
+  int decoding_steps = 0;       // LLM steps that emitted tokens for it
+  std::vector<int> accepted_per_step;  // tokens emitted at each of those steps
+  std::vector<int> ssm_computed;       // speculative mode: tokens in each SSM's cache
   std::vector<float> logits;    // [generated, vocab] when return_logits
   Clock::time_point submitted, first_token, finished;
 
@@ -58,6 +60,13 @@ struct Request {
 class RequestManager {
  public:
   RequestManager(int model_id, const ServeLimits &limits, std::function<void()> on_new_work);
+  virtual ~RequestManager() = default;
+
+  // The engine's view: the batches of the next step (one per model that runs in it; they
+  // may run concurrently), then their results in the same order.
+  virtual std::vector<StepBatch> next_steps();
+  virtual void update(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results);
+  virtual void fail_steps(const std::vector<StepBatch> &batches, const std::string &why);
 
   // Validates and queues; throws ffspec::Error(FFS_ERR_INVALID_ARGUMENT) naming the problem.
   uint64_t submit(const std::vector<int32_t> &prompt, const RequestParams &params);
@@ -73,8 +82,12 @@ class RequestManager {
   bool release(uint64_t guid);
   const ServeLimits &limits() const { return limits_; }
 
- private:
+ protected:
   void finish_locked(Request &r, FinishReason why);
+  // Appends a generated token and applies EOS / length limits; true if the request finished.
+  bool append_token_locked(Request &r, int32_t tok);
+  void admit_locked();
+  SampleSpec sample_spec(const Request &r) const;
 
   int model_id_;
   ServeLimits limits_;

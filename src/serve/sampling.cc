@@ -30,6 +30,23 @@ double uniform01(uint64_t seed, uint64_t counter) {
   return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
 }
 
+void top_k_probs(const float *logits, int vocab, float temperature, int k, int32_t *tokens, float *probs) {
+  const double t = temperature > 0 ? temperature : 1.0;
+  k = std::min(k, vocab);
+  std::vector<int32_t> idx(vocab);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  const double mx = logits[idx[0]];
+  double sum = 0;
+  for (int i = 0; i < vocab; i++) sum += std::exp((logits[i] - mx) / t);
+  for (int i = 0; i < k; i++) {
+    tokens[i] = idx[i];
+    probs[i] = static_cast<float>(std::exp((logits[idx[i]] - mx) / t) / sum);
+  }
+}
+
 int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec) {
   if (!spec.do_sample) return argmax(logits, vocab);
   const double t = spec.temperature > 0 ? spec.temperature : 1.0;

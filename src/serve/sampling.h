@@ -12,5 +12,8 @@ int32_t argmax(const float *logits, int vocab);
 // uniform double in [0, 1) from (seed, counter)
 double uniform01(uint64_t seed, uint64_t counter);
 int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec);
+// The k most likely tokens (descending; ties: lower id first) and their softmax(logits / T)
+// probabilities.
+void top_k_probs(const float *logits, int vocab, float temperature, int k, int32_t *tokens, float *probs);
 
 }  // namespace ffspec

@@ -74,6 +74,22 @@ typedef struct {
 /* Place weights and the KV cache in Legion regions and start the model's request manager. */
 ffs_status_t ffs_model_compile(ffs_model_t model, const ffs_compile_params_t *params);
 
+/* Token tree shape for speculation. widths[d-1] = nodes at depth d (the last repeats);
+ * SpecInfer's default: depth 8, widths {1, 1, 3}, at most 64 tree tokens per request.
+ * A chain: widths {1}. */
+typedef struct {
+  int32_t max_depth;
+  int32_t num_widths;
+  int32_t widths[16];
+  int32_t max_tree_tokens;
+} ffs_tree_params_t;
+
+/* Compile the LLM for speculative inference with already compiled SSMs (same vocabulary).
+ * The SSMs then serve this LLM only. */
+ffs_status_t ffs_model_compile_speculative(ffs_model_t llm, const ffs_compile_params_t *params,
+                                           const ffs_model_t *ssms, int32_t num_ssms,
+                                           const ffs_tree_params_t *tree);
+
 typedef struct {
   int32_t max_new_tokens;  /* -1: until max_length / max_seq_length */
   int32_t max_length;      /* prompt + generated; -1: max_seq_length */
@@ -110,6 +126,8 @@ ffs_status_t ffs_request_get_tokens(ffs_model_t model, uint64_t guid, int32_t *t
                                     int32_t capacity);
 ffs_status_t ffs_request_get_logits(ffs_model_t model, uint64_t guid, float *logits,
                                     int64_t capacity);
+/* Tokens emitted at each LLM step ([llm_decoding_steps]). */
+ffs_status_t ffs_request_get_accepted(ffs_model_t model, uint64_t guid, int32_t *counts, int32_t capacity);
 /* Forget a finished request. */
 ffs_status_t ffs_request_release(ffs_model_t model, uint64_t guid);
 /* cffi-end */

@@ -116,13 +116,21 @@ void attention(const AttentionArgs &a) {
 #pragma omp parallel for schedule(dynamic, 1) if (work > 1)
   for (int w = 0; w < work; w++) {
     const int t = w / a.n_heads, h = w % a.n_heads, kvh = h / group;
-    const int len = a.positions[t] + 1;
+    // Visible cache positions: the prefix, then the tree positions in the mask.
+    thread_local std::vector<int32_t> pos;
+    pos.clear();
+    const int plen = a.prefix_len[t];
+    const uint64_t mask = a.tree_mask ? a.tree_mask[t] : 0;
+    for (uint64_t m = mask; m; m &= m - 1) pos.push_back(a.tree_base[t] + __builtin_ctzll(m));
+    const int ntree = static_cast<int>(pos.size()), len = plen + ntree;
     const float *q = a.q + static_cast<size_t>(t) * a.q_stride + static_cast<size_t>(h) * a.head_dim;
     const size_t base = static_cast<size_t>(a.slots[t]) * a.max_seq * kv_dim + static_cast<size_t>(kvh) * a.head_dim;
-    std::vector<float> sc(len);
+    auto at = [&](int j) { return static_cast<size_t>(j < plen ? j : pos[j - plen]) * kv_dim; };
+    thread_local std::vector<float> sc;
+    sc.resize(len);
     float mx = -INFINITY;
     for (int j = 0; j < len; j++) {
-      const float *k = a.cache_k + base + static_cast<size_t>(j) * kv_dim;
+      const float *k = a.cache_k + base + at(j);
       float d = 0.0f;
       for (int i = 0; i < a.head_dim; i++) d += q[i] * k[i];
       sc[j] = d * scale;
@@ -135,7 +143,7 @@ void attention(const AttentionArgs &a) {
     for (int i = 0; i < a.head_dim; i++) o[i] = 0.0f;
     for (int j = 0; j < len; j++) {
       const float p = sc[j] * inv;
-      const float *v = a.cache_v + base + static_cast<size_t>(j) * kv_dim;
+      const float *v = a.cache_v + base + at(j);
       for (int i = 0; i < a.head_dim; i++) o[i] += p * v[i];
     }
   }

@@ -18,15 +18,19 @@ void rope(float *x, int T, int row_stride, int n_heads, int head_dim, const int3
 void silu_mul(const float *gu, float *out, int T, int I);
 void add_inplace(float *x, const float *y, size_t n);
 
-// Causal attention of each token against its own slot's cache positions [0, positions[t]].
-// q[T, q_stride] (heads first), cache_k/v: [slots, max_seq, kv_dim], out[T, n_heads*head_dim].
+// Attention of each token against its own slot's cache: positions [0, prefix_len[t]) plus,
+// for tree tokens, tree_base[t] + j for each set bit j of tree_mask[t] (its ancestors and
+// itself). q[T, q_stride] (heads first), cache_k/v: [slots, max_seq, kv_dim],
+// out[T, n_heads*head_dim]. tree_mask == nullptr: no tree tokens.
 struct AttentionArgs {
   const float *q;
   int q_stride;
   const float *cache_k, *cache_v;
   int max_seq;
   int n_heads, n_kv_heads, head_dim;
-  const int32_t *positions, *slots;
+  const int32_t *prefix_len, *slots;
+  const int32_t *tree_base;
+  const uint64_t *tree_mask;
   int T;
   float *out;
 };

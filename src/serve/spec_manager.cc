@@ -1,0 +1,299 @@
+#include "serve/spec_manager.h"
+
+#include <algorithm>
+#include <climits>
+
+#include "util/error.h"
+
+namespace ffspec {
+
+namespace {
+
+ServeLimits combined(const SpecModel &llm, const std::vector<SpecModel> &ssms) {
+  ServeLimits l = llm.limits;
+  for (const SpecModel &s : ssms) {
+    l.max_requests_per_batch = std::min(l.max_requests_per_batch, s.limits.max_requests_per_batch);
+    l.max_seq_length = std::min(l.max_seq_length, s.limits.max_seq_length);
+  }
+  return l;
+}
+
+void push_plain(StepBatch &b, int32_t tok, int pos, int slot) {
+  b.tokens.push_back(tok);
+  b.positions.push_back(pos);
+  b.slots.push_back(slot);
+  b.cache_pos.push_back(pos);
+  b.prefix_len.push_back(pos + 1);
+  b.tree_base.push_back(0);
+  b.tree_mask.push_back(0);
+}
+
+void push_tree(StepBatch &b, const TokenTree &t, int j, int L, int slot) {
+  const TreeNode &n = t.nodes()[j];
+  b.tokens.push_back(n.token);
+  b.positions.push_back(L + n.depth);
+  b.slots.push_back(slot);
+  b.cache_pos.push_back(L + 1 + j);
+  b.prefix_len.push_back(L + 1);
+  b.tree_base.push_back(L + 1);
+  b.tree_mask.push_back(t.path_mask(j));
+}
+
+void add_row(StepBatch &b, const SampleSpec &s) {
+  b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
+  b.samples.push_back(s);
+}
+
+}  // namespace
+
+SpecManager::SpecManager(SpecModel llm, std::vector<SpecModel> ssms, TreeShape shape,
+                         std::function<void()> on_new_work)
+    : RequestManager(llm.model_id, combined(llm, ssms), std::move(on_new_work)),
+      llm_(llm),
+      ssms_(std::move(ssms)),
+      shape_(std::move(shape)) {
+  shape_.max_tree_tokens = std::min(shape_.max_tree_tokens, kMaxTreeTokens);
+}
+
+void SpecManager::start_round_locked() {
+  admit_locked();
+  round_.clear();
+  const int nssm = static_cast<int>(ssms_.size());
+  for (uint64_t g : running_) {
+    Request &r = requests_.at(g);
+    if (static_cast<int>(r.ssm_computed.size()) != nssm) r.ssm_computed.assign(nssm, 0);
+    Round rd;
+    rd.L = r.num_computed;
+    const int pending = static_cast<int>(r.tokens.size()) - r.num_computed;
+    // Tokens this round may still emit: the tree's depth is one less (the bonus token).
+    long remaining = INT_MAX;
+    if (r.params.max_new_tokens >= 0) remaining = std::min<long>(remaining, r.params.max_new_tokens - r.num_generated());
+    if (r.params.max_length >= 0) remaining = std::min<long>(remaining, r.params.max_length - (long)r.tokens.size());
+    rd.depth_limit = static_cast<int>(std::min<long>(shape_.max_depth, remaining - 1));
+    // Tree slots sit after the pending token in every model's cache.
+    rd.room = std::min(shape_.max_tree_tokens, limits_.max_seq_length - 1 - rd.L);
+    // Greedy requests speculate; sampled ones decode one token per step (exact either way).
+    rd.spec = pending == 1 && !r.params.do_sample && nssm > 0 && rd.depth_limit > 0 && rd.room > 0;
+    rd.trees.assign(nssm, TokenTree());
+    rd.frontier.assign(nssm, std::vector<int>());
+    round_[g] = std::move(rd);
+  }
+  drafting_ = true;
+  depth_ = 0;
+}
+
+std::vector<StepBatch> SpecManager::draft_steps_locked() {
+  std::vector<StepBatch> out;
+  entries_.clear();
+  batch_ssm_.clear();
+  for (int s = 0; s < static_cast<int>(ssms_.size()); s++) {
+    const SpecModel &m = ssms_[s];
+    StepBatch b;
+    b.model_id = m.model_id;
+    std::vector<Entry> entries;
+    int budget = m.limits.max_tokens_per_batch;
+    for (uint64_t g : running_) {
+      Request &r = requests_.at(g);
+      Round &rd = round_.at(g);
+      if (r.params.do_sample && !rd.spec && static_cast<int>(r.tokens.size()) - r.num_computed == 1) continue;
+      const int first_row = static_cast<int>(b.num_rows());
+      if (depth_ == 0) {
+        // Catch up with the committed text (and the pending token); propose depth 1.
+        const int have = r.ssm_computed[s], total = static_cast<int>(r.tokens.size());
+        const int n = std::min(total - have, budget);
+        if (n <= 0) continue;
+        for (int i = 0; i < n; i++) push_plain(b, r.tokens[have + i], have + i, r.slot);
+        budget -= n;
+        const bool proposes = rd.spec && have + n == total;
+        if (proposes) {
+          SampleSpec sp;
+          sp.num_topk = shape_.width_at(1);
+          add_row(b, sp);
+          rd.frontier[s] = {-1};
+        }
+        entries.push_back({g, n, first_row, proposes ? 1 : 0, 0});
+      } else {
+        if (!rd.spec || rd.frontier[s].empty() || depth_ >= rd.depth_limit) continue;
+        const std::vector<int> &fr = rd.frontier[s];
+        if (static_cast<int>(fr.size()) > budget) {
+          rd.frontier[s].clear();  // no room this step: this SSM's tree stops here
+          continue;
+        }
+        for (int j : fr) {
+          push_tree(b, rd.trees[s], j, rd.L, r.slot);
+          SampleSpec sp;
+          sp.num_topk = shape_.width_at(depth_ + 1);
+          add_row(b, sp);
+        }
+        budget -= static_cast<int>(fr.size());
+        entries.push_back({g, 0, first_row, static_cast<int>(fr.size()), 0});
+      }
+    }
+    if (b.num_tokens() == 0) continue;
+    out.push_back(std::move(b));
+    entries_.push_back(std::move(entries));
+    batch_ssm_.push_back(s);
+  }
+  return out;
+}
+
+StepBatch SpecManager::verify_step_locked() {
+  StepBatch b;
+  b.model_id = llm_.model_id;
+  entries_.assign(1, {});
+  batch_ssm_.assign(1, -1);
+  int budget = llm_.limits.max_tokens_per_batch;
+  // Decoding requests (pending token + tree) first, then prefill chunks.
+  for (int pass = 0; pass < 2; pass++) {
+    for (uint64_t g : running_) {
+      Request &r = requests_.at(g);
+      Round &rd = round_.at(g);
+      const int pending = static_cast<int>(r.tokens.size()) - r.num_computed;
+      if ((pending == 1) != (pass == 0) || pending <= 0 || budget <= 0) continue;
+      const int first_row = static_cast<int>(b.num_rows());
+      if (pass == 0) {
+        if (rd.spec) {
+          rd.merged = merge_trees(rd.trees, rd.room);
+          rd.merged.truncate(budget - 1);
+        }
+        push_plain(b, r.tokens[r.num_computed], r.num_computed, r.slot);
+        SampleSpec sp = sample_spec(r);
+        if (rd.spec) sp.do_sample = 0;
+        add_row(b, sp);
+        const int nt = rd.spec ? rd.merged.size() : 0;
+        for (int j = 0; j < nt; j++) {
+          push_tree(b, rd.merged, j, rd.L, r.slot);
+          add_row(b, sp);
+        }
+        budget -= 1 + nt;
+        entries_[0].push_back({g, 1, first_row, 1 + nt, nt});
+      } else {
+        const int n = std::min(pending, budget);
+        for (int i = 0; i < n; i++) push_plain(b, r.tokens[r.num_computed + i], r.num_computed + i, r.slot);
+        budget -= n;
+        const bool samples = n == pending;
+        if (samples) add_row(b, sample_spec(r));
+        entries_[0].push_back({g, n, first_row, samples ? 1 : 0, 0});
+      }
+      auto it = commits_.find(r.slot);
+      if (it != commits_.end()) {
+        b.commits.insert(b.commits.end(), it->second.begin(), it->second.end());
+        commits_.erase(it);
+      }
+    }
+  }
+  return b;
+}
+
+std::vector<StepBatch> SpecManager::next_steps() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!drafting_) start_round_locked();
+  while (drafting_) {
+    std::vector<StepBatch> steps = draft_steps_locked();
+    if (!steps.empty()) return steps;
+    drafting_ = false;  // nothing (more) to draft: verify
+  }
+  StepBatch b = verify_step_locked();
+  if (b.num_tokens() == 0) {
+    entries_.clear();
+    return {};
+  }
+  return {std::move(b)};
+}
+
+void SpecManager::update_draft_locked(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results) {
+  for (size_t bi = 0; bi < batches.size(); bi++) {
+    const int s = batch_ssm_[bi];
+    const StepResult &res = results[bi];
+    size_t topk_at = 0;
+    int row = 0;
+    for (const Entry &e : entries_[bi]) {
+      Request &r = requests_.at(e.guid);
+      Round &rd = round_.at(e.guid);
+      r.ssm_computed[s] += e.num_plain;
+      std::vector<std::vector<Candidate>> cands;
+      for (int k = 0; k < e.num_rows; k++, row++) {
+        const int K = batches[bi].samples[row].num_topk;
+        std::vector<Candidate> c;
+        for (int i = 0; i < K; i++) c.push_back({res.topk_tokens.at(topk_at + i), res.topk_probs.at(topk_at + i)});
+        topk_at += K;
+        cands.push_back(std::move(c));
+      }
+      if (e.num_rows == 0) continue;
+      const int depth = depth_ + 1;  // depth of the nodes proposed now
+      const int room = rd.room - rd.trees[s].size();
+      rd.frontier[s] = expand_beam(rd.trees[s], rd.frontier[s], cands, shape_.width_at(depth), depth, s, room);
+    }
+  }
+  depth_++;
+}
+
+void SpecManager::update_verify_locked(const StepBatch &, const StepResult &res) {
+  for (const Entry &e : entries_[0]) {
+    Request &r = requests_.at(e.guid);
+    Round &rd = round_.at(e.guid);
+    const int L = r.num_computed;
+    r.num_computed += e.num_plain;
+    if (e.num_rows == 0) continue;
+    std::vector<int32_t> choice(res.tokens.begin() + e.first_row, res.tokens.begin() + e.first_row + e.num_rows);
+    r.decoding_steps++;
+    if (e.tree_nodes == 0) {
+      r.accepted_per_step.push_back(1);
+      append_token_locked(r, choice[0]);
+      continue;
+    }
+    TokenTree &t = rd.merged;
+    Verdict v = verify_greedy(t, choice);
+    int emitted = 0;
+    bool finished = false;
+    for (int32_t tok : v.emitted) {
+      emitted++;
+      if ((finished = append_token_locked(r, tok))) break;
+    }
+    r.accepted_per_step.push_back(emitted);
+    if (finished) continue;
+    // The accepted nodes' K/V go to L+1, L+2, ... before the next LLM step reads them.
+    std::vector<KvMove> &mv = commits_[r.slot];
+    for (size_t k = 0; k < v.accepted.size(); k++)
+      mv.push_back({r.slot, L + 1 + v.accepted[k], L + 1 + static_cast<int>(k)});
+    r.num_computed = L + 1 + static_cast<int>(v.accepted.size());
+    for (int &c : r.ssm_computed) c = std::min(c, r.num_computed);
+  }
+}
+
+void SpecManager::update(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (drafting_) {
+    update_draft_locked(batches, results);
+  } else {
+    update_verify_locked(batches.at(0), results.at(0));
+    // Slots of finished requests may be reused: their pending moves are void.
+    for (auto it = commits_.begin(); it != commits_.end();) {
+      bool live = false;
+      for (uint64_t g : running_) live = live || requests_.at(g).slot == it->first;
+      it = live ? std::next(it) : commits_.erase(it);
+    }
+    round_.clear();
+  }
+  entries_.clear();
+  done_cv_.notify_all();
+}
+
+void SpecManager::fail_steps(const std::vector<StepBatch> &, const std::string &why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<uint64_t> guids;
+  for (auto &es : entries_)
+    for (const Entry &e : es) guids.push_back(e.guid);
+  for (uint64_t g : guids) {
+    Request &r = requests_.at(g);
+    if (r.finish != FinishReason::Running) continue;
+    r.error = why;
+    finish_locked(r, FinishReason::Error);
+  }
+  entries_.clear();
+  round_.clear();
+  drafting_ = false;
+  done_cv_.notify_all();
+}
+
+}  // namespace ffspec
