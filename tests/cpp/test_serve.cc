@@ -10,6 +10,8 @@
 #include "serve/batch.h"
 #include "serve/request_manager.h"
 #include "serve/sampling.h"
+#include "serve/spec_manager.h"
+#include "serve/token_tree.h"
 #include "util/error.h"
 
 static int g_pass = 0, g_fail = 0;
@@ -180,7 +182,157 @@ static void test_serialization() {
   EXPECT(q.tokens == r.tokens && q.logits == r.logits);
 }
 
+static void test_token_trees() {
+  // Two SSMs propose overlapping trees; the merge keeps shared prefixes once.
+  TokenTree a, b;
+  std::vector<int> fa = expand_beam(a, {-1}, {{{10, 0.6f}, {11, 0.3f}}}, 2, 1, 0, 64);
+  EXPECT(fa.size() == 2 && a.size() == 2);
+  fa = expand_beam(a, fa, {{{20, 0.9f}}, {{21, 0.9f}}}, 1, 2, 0, 64);  // beam keeps the better path
+  EXPECT(fa.size() == 1 && a.nodes()[fa[0]].token == 20 && a.nodes()[fa[0]].parent == 0);
+  std::vector<int> fb = expand_beam(b, {-1}, {{{10, 0.5f}}}, 1, 1, 1, 64);
+  fb = expand_beam(b, fb, {{{22, 0.8f}}}, 1, 2, 1, 64);
+  TokenTree m = merge_trees({a, b}, 64);
+  EXPECT(m.size() == 4);  // 10, 11, 10->20, 10->22 (10 once)
+  int n10 = m.find_child(-1, 10), n11 = m.find_child(-1, 11);
+  EXPECT(n10 >= 0 && n11 >= 0);
+  int n20 = m.find_child(n10, 20), n22 = m.find_child(n10, 22);
+  EXPECT(n20 >= 0 && n22 >= 0);
+  // Masks: a node sees itself and its ancestors only.
+  EXPECT(m.path_mask(n22) == ((uint64_t{1} << n22) | (uint64_t{1} << n10)));
+  EXPECT(!(m.path_mask(n22) & (uint64_t{1} << n11)));
+  EXPECT((m.path_tokens(n20) == std::vector<int32_t>{10, 20}));
+  // Budget: shallower, more probable nodes first; what is kept is still a tree.
+  TokenTree small = merge_trees({a, b}, 2);
+  EXPECT(small.size() == 2 && small.nodes()[0].depth == 1 && small.nodes()[1].depth == 1);
+  TokenTree three = merge_trees({a, b}, 3);
+  EXPECT(three.size() == 3 && three.nodes()[2].parent == three.find_child(-1, 10));
+  // Greedy verification: LLM picks 10, then 22, then 7 (not in the tree) -> bonus 7.
+  std::vector<int32_t> choice(1 + m.size(), -1);
+  choice[0] = 10;
+  choice[1 + n10] = 22;
+  choice[1 + n22] = 7;
+  Verdict v = verify_greedy(m, choice);
+  EXPECT((v.accepted == std::vector<int>{n10, n22}));
+  EXPECT((v.emitted == std::vector<int32_t>{10, 22, 7}));
+  choice[0] = 99;  // first guess wrong: only the LLM's own token
+  v = verify_greedy(m, choice);
+  EXPECT(v.accepted.empty() && (v.emitted == std::vector<int32_t>{99}));
+  // Beam step honours the room left in the token budget.
+  TokenTree c;
+  EXPECT(expand_beam(c, {-1}, {{{1, .5f}, {2, .3f}, {3, .2f}}}, 3, 1, 0, 2).size() == 2);
+}
+
+// Drives a SpecManager with hand-made outputs: one SSM that proposes [5, 6, 7] along a chain,
+// an LLM that agrees with 5 and 6 and then says 9. Checks the batches' tree layout and the
+// K/V moves of the accepted tokens.
+static void test_spec_round() {
+  ServeLimits lim{2, 64, 64, 100};
+  TreeShape shape = TreeShape::chain(3);
+  SpecManager sm({1, lim}, {{2, lim}}, shape, nullptr);
+  RequestParams p;
+  p.max_new_tokens = 20;
+  uint64_t g = sm.submit({1, 2, 3}, p);
+  // Round 0: the prompt is prefilled (SSM catches up, LLM draws the first token 4).
+  std::vector<StepBatch> steps = sm.next_steps();
+  EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].num_rows() == 0);
+  sm.update(steps, {StepResult()});
+  steps = sm.next_steps();
+  EXPECT(steps.size() == 1 && steps[0].model_id == 1 && steps[0].num_tokens() == 3 && steps[0].num_rows() == 1);
+  StepResult r;
+  r.tokens = {4};
+  sm.update(steps, {r});
+  // Round 1: draft depth 0 (the SSM reads the pending token 4 at position 3, proposes 5).
+  steps = sm.next_steps();
+  EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].tokens == std::vector<int32_t>{4});
+  EXPECT(steps[0].positions[0] == 3 && steps[0].samples[0].num_topk == 1);
+  StepResult d;
+  d.tokens = {0};
+  d.topk_tokens = {5};
+  d.topk_probs = {0.9f};
+  sm.update(steps, {d});
+  for (int32_t t : {6, 7}) {  // depths 1 and 2: one tree token each, at cache 4 + node
+    steps = sm.next_steps();
+    EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].num_tokens() == 1);
+    EXPECT(steps[0].prefix_len[0] == 4 && steps[0].tree_base[0] == 4);
+    d.topk_tokens = {t};
+    sm.update(steps, {d});
+  }
+  // Verify: pending 4 + tree [5, 6, 7] at positions 4, 5, 6 and cache 4, 5, 6.
+  steps = sm.next_steps();
+  EXPECT(steps.size() == 1 && steps[0].model_id == 1);
+  EXPECT((steps[0].tokens == std::vector<int32_t>{4, 5, 6, 7}));
+  EXPECT((steps[0].positions == std::vector<int32_t>{3, 4, 5, 6}));
+  EXPECT((steps[0].cache_pos == std::vector<int32_t>{3, 4, 5, 6}));
+  EXPECT(steps[0].tree_mask[3] == 0b111 && steps[0].num_rows() == 4);
+  r.tokens = {5, 6, 9, 0};  // agrees with 5, 6; after 6 the LLM says 9
+  sm.update(steps, {r});
+  // Next round's SSM catch-up reads 5, 6, 9 at positions 4..6; the LLM batch applies no
+  // move (the accepted nodes already sit at their final positions in a chain).
+  steps = sm.next_steps();
+  EXPECT((steps[0].tokens == std::vector<int32_t>{5, 6, 9}) && steps[0].positions[0] == 4);
+  Request out;
+  EXPECT(!sm.wait(g, 0, &out));
+}
+
+// Width 2 at depth 1: the LLM accepts the second child (node 1, cache 5), then its child
+// (node 2, cache 6). Their K/V must move to 4 and 5, in the next LLM step.
+static void test_spec_commit_positions() {
+  ServeLimits lim{1, 64, 64, 100};
+  TreeShape shape;
+  shape.max_depth = 2;
+  shape.widths = {2, 1};
+  SpecManager sm({1, lim}, {{2, lim}}, shape, nullptr);
+  RequestParams p;
+  p.max_new_tokens = 20;
+  sm.submit({1, 2, 3}, p);
+  std::vector<StepBatch> steps = sm.next_steps();  // SSM prefill
+  sm.update(steps, {StepResult()});
+  steps = sm.next_steps();  // LLM prefill draws 4
+  StepResult r;
+  r.tokens = {4};
+  sm.update(steps, {r});
+  steps = sm.next_steps();  // SSM depth 0 -> two children
+  StepResult d;
+  d.tokens = {0};
+  d.topk_tokens = {5, 8};
+  d.topk_probs = {0.6f, 0.4f};
+  sm.update(steps, {d});
+  steps = sm.next_steps();  // depth 1 -> width 1: the best path extends node 0 (5 -> 6)
+  EXPECT(steps[0].num_tokens() == 2);
+  d.tokens = {0, 0};
+  d.topk_tokens = {6, 9};
+  d.topk_probs = {0.5f, 0.9f};  // 8 -> 9 has path prob .36 > 5 -> 6 at .30
+  sm.update(steps, {d});
+  steps = sm.next_steps();  // verify: 4 + [5, 8, 9]
+  EXPECT((steps[0].tokens == std::vector<int32_t>{4, 5, 8, 9}));
+  EXPECT(steps[0].tree_mask[3] == 0b110 && steps[0].positions[3] == 5 && steps[0].cache_pos[3] == 6);
+  r.tokens = {8, 1, 9, 11};  // after 4: 8 (node 1); after 8: 9 (node 2); after 9: bonus 11
+  sm.update(steps, {r});
+  // Next round: SSM re-reads 8, 9, 11; then the LLM step carries the moves.
+  steps = sm.next_steps();
+  EXPECT((steps[0].tokens == std::vector<int32_t>{8, 9, 11}));
+  while (!steps.empty() && steps[0].model_id == 2) {
+    StepResult any;
+    any.tokens.assign(steps[0].num_rows(), 0);
+    for (size_t i = 0; i < steps[0].num_rows(); i++)
+      for (int k = 0; k < steps[0].samples[i].num_topk; k++) {
+        any.topk_tokens.push_back(50 + k);
+        any.topk_probs.push_back(0.1f);
+      }
+    sm.update(steps, {any});
+    steps = sm.next_steps();
+  }
+  EXPECT(steps.size() == 1 && steps[0].model_id == 1);
+  EXPECT(steps[0].commits.size() == 2);
+  EXPECT(steps[0].commits.size() == 2 && steps[0].commits[0].src == 5 && steps[0].commits[0].dst == 4);
+  EXPECT(steps[0].commits.size() == 2 && steps[0].commits[1].src == 6 && steps[0].commits[1].dst == 5);
+  EXPECT(steps[0].tokens[0] == 11 && steps[0].positions[0] == 6);
+}
+
 int main() {
+  test_token_trees();
+  test_spec_round();
+  test_spec_commit_positions();
   test_chunked_prefill_and_decode();
   test_slots_and_eos();
   test_max_seq_length_and_errors();
