@@ -53,6 +53,10 @@ class SpeculationConfig:
     max_depth: int = 8
     widths: tuple = (1, 1, 3)
     max_tree_tokens: int = 64
+    # How sampled requests are verified: "mss" (SpecInfer's multi-step speculative sampling,
+    # exact). "argmax_match" accepts a draft only when it is the LLM's most likely token: it
+    # is biased on purpose, for tests that must be able to catch a wrong verifier.
+    verifier: str = "mss"
 
     @classmethod
     def chain(cls, depth: int = 8) -> "SpeculationConfig":
@@ -66,6 +70,8 @@ class SpeculationConfig:
             raise InvalidArgumentError(f"widths must be 1 to 16 integers in [1, 16], got {self.widths!r}")
         if not (isinstance(self.max_tree_tokens, int) and 1 <= self.max_tree_tokens <= 64):
             raise InvalidArgumentError(f"max_tree_tokens must be in [1, 64], got {self.max_tree_tokens!r}")
+        if self.verifier not in ("mss", "argmax_match"):
+            raise InvalidArgumentError(f"verifier must be 'mss' or 'argmax_match', got {self.verifier!r}")
 
 
 @dataclass
@@ -178,6 +184,7 @@ class LLM:
             for i, w in enumerate(spec.widths):
                 tree.widths[i] = w
             tree.max_tree_tokens = spec.max_tree_tokens
+            tree.verifier = 0 if spec.verifier == "mss" else 1
             handles = ffi.new("ffs_model_t[]", [s._handle for s in ssms])
             check(lib.ffs_model_compile_speculative(self._handle, params, handles, len(ssms), tree))
         else:

@@ -169,6 +169,8 @@ ffs_status_t ffs_model_compile_speculative(ffs_model_t llm, const ffs_compile_pa
     shape.max_depth = tree->max_depth;
     shape.widths.assign(tree->widths, tree->widths + tree->num_widths);
     shape.max_tree_tokens = tree->max_tree_tokens;
+    require(tree->verifier == 0 || tree->verifier == 1, "tree verifier must be 0 (MSS) or 1 (argmax-match)");
+    shape.verifier = static_cast<ffspec::Verifier>(tree->verifier);
     ffspec::engine::compile_speculative(&llm->handle, lim, hs, shape);
   });
 }
@@ -200,6 +202,8 @@ ffs_status_t ffs_request_submit(ffs_model_t m, const int32_t *tokens, int32_t n,
       rp.seed = entropy.fetch_add(0x9E3779B97F4A7C15ull) ^ reinterpret_cast<uintptr_t>(&rp);
     }
     rp.return_logits = p->return_logits != 0;
+    if (rp.return_logits && m->handle.speculative)
+      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "return_logits is only available without speculation");
     if (p->num_eos_ids < 0)
       rp.eos_ids = m->handle.config.eos_token_ids;
     else {

@@ -51,6 +51,7 @@ struct Request {
   int decoding_steps = 0;       // LLM steps that emitted tokens for it
   std::vector<int> accepted_per_step;  // tokens emitted at each of those steps
   std::vector<int> ssm_computed;       // speculative mode: tokens in each SSM's cache
+  uint64_t spec_draws = 0;             // speculative sampling: uniforms used so far
   std::vector<float> logits;    // [generated, vocab] when return_logits
   Clock::time_point submitted, first_token, finished;
 

@@ -47,42 +47,55 @@ void top_k_probs(const float *logits, int vocab, float temperature, int k, int32
   }
 }
 
-int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec) {
-  if (!spec.do_sample) return argmax(logits, vocab);
-  const double t = spec.temperature > 0 ? spec.temperature : 1.0;
+std::vector<double> warped_probs(const float *logits, int vocab, float temperature, float topp, int topk) {
+  const double t = temperature > 0 ? temperature : 1.0;
   // Candidates sorted by logit (descending); ties keep the lower id first.
   std::vector<int32_t> idx(vocab);
   std::iota(idx.begin(), idx.end(), 0);
   int keep = vocab;
-  if (spec.topk > 0 && spec.topk < vocab) keep = spec.topk;
+  if (topk > 0 && topk < vocab) keep = topk;
   auto cmp = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), cmp);
-  idx.resize(keep);
   std::vector<double> p(keep);
   const double mx = logits[idx[0]];
   double sum = 0;
   for (int i = 0; i < keep; i++) sum += (p[i] = std::exp((logits[idx[i]] - mx) / t));
   for (double &x : p) x /= sum;
-  if (spec.topp > 0 && spec.topp < 1) {
+  if (topp > 0 && topp < 1) {
     // Smallest prefix whose mass reaches topp (the first token always stays).
     double cum = 0;
     int n = 0;
     while (n < keep) {
       cum += p[n++];
-      if (cum >= spec.topp) break;
+      if (cum >= topp) break;
     }
     keep = n;
-    p.resize(keep);
-    double s = std::accumulate(p.begin(), p.end(), 0.0);
-    for (double &x : p) x /= s;
+    double s = 0;
+    for (int i = 0; i < keep; i++) s += p[i];
+    for (int i = 0; i < keep; i++) p[i] /= s;
   }
-  double u = uniform01(spec.seed, spec.counter);
-  double cum = 0;
-  for (int i = 0; i < keep; i++) {
+  std::vector<double> full(vocab, 0.0);
+  for (int i = 0; i < keep; i++) full[idx[i]] = p[i];
+  return full;
+}
+
+int32_t draw_from(const std::vector<double> &p, double u) {
+  double total = 0;
+  for (double x : p) total += x;
+  double cum = 0, target = u * total;
+  int32_t last = 0;
+  for (size_t i = 0; i < p.size(); i++) {
+    if (p[i] <= 0) continue;
     cum += p[i];
-    if (u < cum) return idx[i];
+    last = static_cast<int32_t>(i);
+    if (target < cum) return last;
   }
-  return idx[keep - 1];
+  return last;
+}
+
+int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec) {
+  if (!spec.do_sample) return argmax(logits, vocab);
+  return draw_from(warped_probs(logits, vocab, spec.temperature, spec.topp, spec.topk), uniform01(spec.seed, spec.counter));
 }
 
 }  // namespace ffspec

@@ -3,6 +3,7 @@
 // function of (seed, counter), so a seeded request repeats exactly however it is batched.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "serve/batch.h"
 
@@ -12,6 +13,11 @@ int32_t argmax(const float *logits, int vocab);
 // uniform double in [0, 1) from (seed, counter)
 double uniform01(uint64_t seed, uint64_t counter);
 int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec);
+// The distribution sample_token draws from: softmax(logits / temperature) restricted to the
+// top-k, then to the smallest top-p prefix, renormalised. [vocab], zeros outside.
+std::vector<double> warped_probs(const float *logits, int vocab, float temperature, float topp, int topk);
+// Index drawn from probabilities p (need not sum exactly to 1) with uniform u in [0, 1).
+int32_t draw_from(const std::vector<double> &p, double u);
 // The k most likely tokens (descending; ties: lower id first) and their softmax(logits / T)
 // probabilities.
 void top_k_probs(const float *logits, int vocab, float temperature, int k, int32_t *tokens, float *probs);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 
 #include "util/error.h"
 
@@ -72,10 +73,15 @@ void SpecManager::start_round_locked() {
     rd.depth_limit = static_cast<int>(std::min<long>(shape_.max_depth, remaining - 1));
     // Tree slots sit after the pending token in every model's cache.
     rd.room = std::min(shape_.max_tree_tokens, limits_.max_seq_length - 1 - rd.L);
-    // Greedy requests speculate; sampled ones decode one token per step (exact either way).
-    rd.spec = pending == 1 && !r.params.do_sample && nssm > 0 && rd.depth_limit > 0 && rd.room > 0;
+    rd.sampling = r.params.do_sample;
+    // Sampled drafts may not be pruned by value (that would bias them): each SSM gets an
+    // equal share of the room, so their union always fits.
+    if (rd.sampling) rd.room = rd.room / std::max(1, nssm) * nssm;
+    rd.spec = pending == 1 && nssm > 0 && rd.depth_limit > 0 && rd.room >= nssm;
     rd.trees.assign(nssm, TokenTree());
     rd.frontier.assign(nssm, std::vector<int>());
+    rd.q.assign(nssm, {});
+    rd.draws.assign(nssm, {});
     round_[g] = std::move(rd);
   }
   drafting_ = true;
@@ -95,19 +101,22 @@ std::vector<StepBatch> SpecManager::draft_steps_locked() {
     for (uint64_t g : running_) {
       Request &r = requests_.at(g);
       Round &rd = round_.at(g);
-      if (r.params.do_sample && !rd.spec && static_cast<int>(r.tokens.size()) - r.num_computed == 1) continue;
       const int first_row = static_cast<int>(b.num_rows());
       if (depth_ == 0) {
-        // Catch up with the committed text (and the pending token); propose depth 1.
+        // Catch up with the committed text; a proposing step also reads the pending token
+        // and proposes depth 1 from its logits. Otherwise the last token waits for that step.
         const int have = r.ssm_computed[s], total = static_cast<int>(r.tokens.size());
-        const int n = std::min(total - have, budget);
+        const int n = std::min(rd.spec ? total - have : total - 1 - have, budget);
         if (n <= 0) continue;
         for (int i = 0; i < n; i++) push_plain(b, r.tokens[have + i], have + i, r.slot);
         budget -= n;
         const bool proposes = rd.spec && have + n == total;
         if (proposes) {
           SampleSpec sp;
-          sp.num_topk = shape_.width_at(1);
+          if (rd.sampling)
+            sp.want_logits = 1;  // q itself: the manager draws the children
+          else
+            sp.num_topk = shape_.width_at(1);
           add_row(b, sp);
           rd.frontier[s] = {-1};
         }
@@ -122,7 +131,10 @@ std::vector<StepBatch> SpecManager::draft_steps_locked() {
         for (int j : fr) {
           push_tree(b, rd.trees[s], j, rd.L, r.slot);
           SampleSpec sp;
-          sp.num_topk = shape_.width_at(depth_ + 1);
+          if (rd.sampling)
+            sp.want_logits = 1;
+          else
+            sp.num_topk = shape_.width_at(depth_ + 1);
           add_row(b, sp);
         }
         budget -= static_cast<int>(fr.size());
@@ -152,13 +164,20 @@ StepBatch SpecManager::verify_step_locked() {
       if ((pending == 1) != (pass == 0) || pending <= 0 || budget <= 0) continue;
       const int first_row = static_cast<int>(b.num_rows());
       if (pass == 0) {
-        if (rd.spec) {
+        if (rd.spec && rd.sampling) {
+          rd.merged = merge_trees(rd.trees, rd.room, &rd.where);
+          // All or nothing: dropping some drafts by value would bias the verifier.
+          if (rd.merged.size() + 1 > budget) rd.spec = false;
+        } else if (rd.spec) {
           rd.merged = merge_trees(rd.trees, rd.room);
           rd.merged.truncate(budget - 1);
         }
         push_plain(b, r.tokens[r.num_computed], r.num_computed, r.slot);
         SampleSpec sp = sample_spec(r);
-        if (rd.spec) sp.do_sample = 0;
+        if (rd.spec) {
+          sp.do_sample = 0;
+          sp.want_logits = rd.sampling;  // p for the verifier
+        }
         add_row(b, sp);
         const int nt = rd.spec ? rd.merged.size() : 0;
         for (int j = 0; j < nt; j++) {
@@ -168,12 +187,12 @@ StepBatch SpecManager::verify_step_locked() {
         budget -= 1 + nt;
         entries_[0].push_back({g, 1, first_row, 1 + nt, nt});
       } else {
-        const int n = std::min(pending, budget);
+        // The prompt's last token stays pending: the next round speculates from it, so even
+        // the first generated token comes from a verified tree.
+        const int n = std::min(pending - 1, budget);
         for (int i = 0; i < n; i++) push_plain(b, r.tokens[r.num_computed + i], r.num_computed + i, r.slot);
         budget -= n;
-        const bool samples = n == pending;
-        if (samples) add_row(b, sample_spec(r));
-        entries_[0].push_back({g, n, first_row, samples ? 1 : 0, 0});
+        entries_[0].push_back({g, n, first_row, 0, 0});
       }
       auto it = commits_.find(r.slot);
       if (it != commits_.end()) {
@@ -205,12 +224,19 @@ void SpecManager::update_draft_locked(const std::vector<StepBatch> &batches, con
   for (size_t bi = 0; bi < batches.size(); bi++) {
     const int s = batch_ssm_[bi];
     const StepResult &res = results[bi];
-    size_t topk_at = 0;
+    size_t topk_at = 0, logits_at = 0;
     int row = 0;
+    const size_t V = static_cast<size_t>(limits_.vocab_size);
     for (const Entry &e : entries_[bi]) {
       Request &r = requests_.at(e.guid);
       Round &rd = round_.at(e.guid);
       r.ssm_computed[s] += e.num_plain;
+      if (rd.sampling && e.num_rows > 0) {
+        std::vector<const float *> rows;
+        for (int k = 0; k < e.num_rows; k++, row++, logits_at++) rows.push_back(res.logits.data() + logits_at * V);
+        draft_sampled_locked(r, rd, s, depth_ + 1, rows);
+        continue;
+      }
       std::vector<std::vector<Candidate>> cands;
       for (int k = 0; k < e.num_rows; k++, row++) {
         const int K = batches[bi].samples[row].num_topk;
@@ -228,13 +254,91 @@ void SpecManager::update_draft_locked(const std::vector<StepBatch> &batches, con
   depth_++;
 }
 
+double SpecManager::next_uniform_locked(Request &r) {
+  // A stream of its own, apart from the counter incremental sampling uses.
+  return uniform01(r.params.seed ^ 0x5DEECE66DA3F1B2Bull, r.spec_draws++);
+}
+
+void SpecManager::draft_sampled_locked(Request &r, Round &rd, int s, int depth, const std::vector<const float *> &rows) {
+  // rows[i]: the SSM's logits after frontier node i. Each frontier node draws an equal share
+  // of this depth's width, i.i.d. from q; the count never depends on the drawn values.
+  const std::vector<int> fr = rd.frontier[s];
+  const int width = shape_.width_at(depth);
+  const int per_node = (width + static_cast<int>(fr.size()) - 1) / static_cast<int>(fr.size());
+  const int room = rd.room / static_cast<int>(ssms_.size());
+  std::vector<int> next;
+  for (size_t i = 0; i < fr.size(); i++) {
+    std::vector<double> q = warped_probs(rows[i], limits_.vocab_size, r.params.temperature, r.params.topp,
+                                         r.params.topk);
+    for (int k = 0; k < per_node && rd.trees[s].size() < room; k++) {
+      const int32_t x = draw_from(q, next_uniform_locked(r));
+      TreeNode n;
+      n.token = x;
+      n.parent = fr[i];
+      n.depth = depth;
+      n.prob = static_cast<float>(q[x]);
+      n.logp = (fr[i] >= 0 ? rd.trees[s].nodes()[fr[i]].logp : 0.0) + std::log(q[x]);
+      n.ssm = s;
+      const int before = rd.trees[s].size();
+      const int j = rd.trees[s].add(n);
+      if (j == before) next.push_back(j);
+      rd.draws[s][fr[i]].push_back(j);
+    }
+    rd.q[s][fr[i]] = std::move(q);
+  }
+  rd.frontier[s] = next;
+}
+
 void SpecManager::update_verify_locked(const StepBatch &, const StepResult &res) {
+  size_t logits_at = 0;
+  const size_t V = static_cast<size_t>(limits_.vocab_size);
   for (const Entry &e : entries_[0]) {
     Request &r = requests_.at(e.guid);
     Round &rd = round_.at(e.guid);
     const int L = r.num_computed;
     r.num_computed += e.num_plain;
     if (e.num_rows == 0) continue;
+    if (e.tree_nodes > 0 && rd.sampling) {
+      // p after the root and after each node, warped like the request's own sampling.
+      std::vector<std::vector<double>> p;
+      for (int k = 0; k < e.num_rows; k++, logits_at++)
+        p.push_back(warped_probs(res.logits.data() + logits_at * V, limits_.vocab_size, r.params.temperature,
+                                 r.params.topp, r.params.topk));
+      // Each SSM's draws at each node, mapped into the merged tree, SSM by SSM.
+      std::vector<std::vector<Attempt>> attempts(1 + rd.merged.size());
+      std::vector<std::vector<int>> source(ssms_.size(), std::vector<int>(1 + rd.merged.size(), -2));
+      for (size_t s = 0; s < ssms_.size(); s++) {
+        source[s][0] = -1;
+        for (int j = 0; j < rd.trees[s].size(); j++)
+          if (rd.where[s][j] >= 0) source[s][1 + rd.where[s][j]] = j;
+      }
+      for (int u = -1; u < rd.merged.size(); u++)
+        for (size_t s = 0; s < ssms_.size(); s++) {
+          const int src = source[s][u + 1];
+          if (src == -2) continue;
+          auto it = rd.draws[s].find(src);
+          if (it == rd.draws[s].end()) continue;
+          for (int c : it->second)
+            if (rd.where[s][c] >= 0) attempts[u + 1].push_back({rd.where[s][c], &rd.q[s].at(src)});
+        }
+      Verdict v = verify_sampling(rd.merged, attempts, p, [&] { return next_uniform_locked(r); }, shape_.verifier);
+      r.decoding_steps++;
+      int emitted = 0;
+      bool finished = false;
+      for (int32_t tok : v.emitted) {
+        emitted++;
+        if ((finished = append_token_locked(r, tok))) break;
+      }
+      r.accepted_per_step.push_back(emitted);
+      if (finished) continue;
+      std::vector<KvMove> &mv = commits_[r.slot];
+      for (size_t k = 0; k < v.accepted.size(); k++)
+        mv.push_back({r.slot, L + 1 + v.accepted[k], L + 1 + static_cast<int>(k)});
+      r.num_computed = L + 1 + static_cast<int>(v.accepted.size());
+      for (int &c : r.ssm_computed) c = std::min(c, r.num_computed);
+      continue;
+    }
+
     std::vector<int32_t> choice(res.tokens.begin() + e.first_row, res.tokens.begin() + e.first_row + e.num_rows);
     r.decoding_steps++;
     if (e.tree_nodes == 0) {

@@ -14,6 +14,8 @@
 #include <map>
 #include <vector>
 
+#include "serve/sampling.h"
+
 #include "serve/request_manager.h"
 #include "serve/token_tree.h"
 
@@ -39,9 +41,15 @@ class SpecManager : public RequestManager {
     int L = 0;          // cache position of the pending token
     int depth_limit = 0;
     int room = 0;       // tree nodes that fit
+    bool sampling = false;  // drafts are drawn from q and verified by MSS
     std::vector<TokenTree> trees;           // per SSM
     std::vector<std::vector<int>> frontier; // per SSM: nodes to expand next (-1 = root)
     TokenTree merged;
+    // Sampling: per SSM, q at each drafted node (-1 = root) and the children drawn there in
+    // draw order (repeats kept: each is one attempt); where[s][j] = merged index.
+    std::vector<std::map<int, std::vector<double>>> q;
+    std::vector<std::map<int, std::vector<int>>> draws;
+    std::vector<std::vector<int>> where;
   };
   // One entry per request in a batch: how many of its tokens are plain (committed) tokens,
   // which rows are its, and (verify) how many tree nodes follow.
@@ -58,6 +66,8 @@ class SpecManager : public RequestManager {
   void start_round_locked();
   void update_draft_locked(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results);
   void update_verify_locked(const StepBatch &batch, const StepResult &result);
+  void draft_sampled_locked(Request &r, Round &rd, int s, int depth, const std::vector<const float *> &rows);
+  double next_uniform_locked(Request &r);
 
   SpecModel llm_;
   std::vector<SpecModel> ssms_;

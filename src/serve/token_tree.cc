@@ -86,7 +86,7 @@ std::vector<int> expand_beam(TokenTree &tree, const std::vector<int> &frontier,
   return next;
 }
 
-TokenTree merge_trees(const std::vector<TokenTree> &trees, int budget) {
+TokenTree merge_trees(const std::vector<TokenTree> &trees, int budget, std::vector<std::vector<int>> *where_out) {
   struct Ref {
     int tree, node;
   };
@@ -114,6 +114,7 @@ TokenTree merge_trees(const std::vector<TokenTree> &trees, int budget) {
     }
     where[r.tree][r.node] = j;
   }
+  if (where_out) *where_out = std::move(where);
   return out;
 }
 
@@ -130,6 +131,64 @@ Verdict verify_greedy(const TokenTree &tree, const std::vector<int32_t> &llm_arg
     v.accepted.push_back(child);
     v.emitted.push_back(want);
     at = child;
+  }
+}
+
+namespace {
+
+int32_t draw(const std::vector<double> &p, double u) {
+  double total = 0;
+  for (double x : p) total += x;
+  double cum = 0, target = u * total;
+  int32_t last = 0;
+  for (size_t i = 0; i < p.size(); i++) {
+    if (p[i] <= 0) continue;
+    cum += p[i];
+    last = static_cast<int32_t>(i);
+    if (target < cum) return last;
+  }
+  return last;
+}
+
+}  // namespace
+
+Verdict verify_sampling(const TokenTree &tree, const std::vector<std::vector<Attempt>> &attempts,
+                        const std::vector<std::vector<double>> &p, const std::function<double()> &uniform,
+                        Verifier verifier) {
+  Verdict v;
+  int at = -1;
+  for (;;) {
+    std::vector<double> target = p.at(static_cast<size_t>(at + 1));
+    int accepted = -1;
+    if (verifier == Verifier::ArgmaxMatch) {
+      const int32_t best = static_cast<int32_t>(std::max_element(target.begin(), target.end()) - target.begin());
+      for (const Attempt &a : attempts[at + 1])
+        if (tree.nodes()[a.child].token == best) accepted = a.child;
+    } else {
+      for (const Attempt &a : attempts[at + 1]) {
+        const int32_t x = tree.nodes()[a.child].token;
+        const double qx = (*a.q)[x], px = target[x];
+        if (qx > 0 && uniform() * qx < px) {  // u < p(x) / q(x), without dividing
+          accepted = a.child;
+          break;
+        }
+        // Rejected: the rest of the mass is p - q where p exceeds q.
+        double sum = 0;
+        for (size_t i = 0; i < target.size(); i++) sum += (target[i] = std::max(0.0, target[i] - (*a.q)[i]));
+        if (sum <= 0) {
+          target = p.at(static_cast<size_t>(at + 1));  // p == q: nothing is ever rejected (numerical guard)
+        } else {
+          for (double &t : target) t /= sum;
+        }
+      }
+    }
+    if (accepted < 0) {
+      v.emitted.push_back(draw(target, uniform()));
+      return v;
+    }
+    v.accepted.push_back(accepted);
+    v.emitted.push_back(tree.nodes()[accepted].token);
+    at = accepted;
   }
 }
 

@@ -6,6 +6,7 @@
 // pending token (its last committed-but-not-cached token); depth-1 nodes are its children.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -13,10 +14,16 @@ namespace ffspec {
 
 constexpr int kMaxTreeTokens = 64;  // one uint64_t mask per token
 
+// How sampled requests are verified. ArgmaxMatch (accept a draft when it is the LLM's most
+// likely token) is deliberately wrong: it exists so the tests can show that the
+// distribution test catches a biased verifier.
+enum class Verifier { Mss = 0, ArgmaxMatch = 1 };
+
 struct TreeShape {
   int max_depth = 8;
   std::vector<int> widths = {1, 1, 3};  // nodes at depth 1, 2, ...; the last repeats
   int max_tree_tokens = kMaxTreeTokens;
+  Verifier verifier = Verifier::Mss;
 
   int width_at(int depth) const;  // depth >= 1
   static TreeShape chain(int depth);
@@ -65,7 +72,9 @@ std::vector<int> expand_beam(TokenTree &tree, const std::vector<int> &frontier,
 
 // Union of several SSMs' trees by shared prefix (duplicates removed), at most budget nodes:
 // shallower first, then more probable, so what is kept stays a tree.
-TokenTree merge_trees(const std::vector<TokenTree> &trees, int budget);
+// where (optional): where[t][j] = merged index of trees[t]'s node j, or -2 if dropped.
+TokenTree merge_trees(const std::vector<TokenTree> &trees, int budget,
+                      std::vector<std::vector<int>> *where = nullptr);
 
 // Greedy verification: llm_argmax[0] is the LLM's choice after the root, llm_argmax[1 + j]
 // after node j. Follows the LLM's choices down the tree; returns the accepted nodes and the
@@ -75,5 +84,22 @@ struct Verdict {
   std::vector<int32_t> emitted;
 };
 Verdict verify_greedy(const TokenTree &tree, const std::vector<int32_t> &llm_argmax);
+
+// One speculated child of a node: drawn i.i.d. from the proposing SSM's distribution q at
+// that node (after temperature / top-k / top-p).
+struct Attempt {
+  int child;
+  const std::vector<double> *q;  // [vocab]
+};
+
+// SpecInfer's multi-step speculative sampling. p[u + 1] is the LLM's (warped) distribution
+// after node u (u = -1: the root); attempts[u + 1] the children drafted there, in order. At a
+// node each child x is accepted with probability min(1, p(x) / q(x)); on rejection
+// p <- normalize(max(0, p - q)) and the next child is tried; when none is accepted a token
+// is drawn from p and ends the step. The emitted tokens are distributed exactly as the LLM
+// sampling them one by one.
+Verdict verify_sampling(const TokenTree &tree, const std::vector<std::vector<Attempt>> &attempts,
+                        const std::vector<std::vector<double>> &p, const std::function<double()> &uniform,
+                        Verifier verifier = Verifier::Mss);
 
 }  // namespace ffspec

@@ -223,8 +223,7 @@ static void test_token_trees() {
 }
 
 // Drives a SpecManager with hand-made outputs: one SSM that proposes [5, 6, 7] along a chain,
-// an LLM that agrees with 5 and 6 and then says 9. Checks the batches' tree layout and the
-// K/V moves of the accepted tokens.
+// an LLM that agrees with 5 and 6 and then says 9. Checks the batches' tree layout.
 static void test_spec_round() {
   ServeLimits lim{2, 64, 64, 100};
   TreeShape shape = TreeShape::chain(3);
@@ -232,50 +231,48 @@ static void test_spec_round() {
   RequestParams p;
   p.max_new_tokens = 20;
   uint64_t g = sm.submit({1, 2, 3}, p);
-  // Round 0: the prompt is prefilled (SSM catches up, LLM draws the first token 4).
+  // Round 0: SSM and LLM prefill [1, 2]; the prompt's last token 3 stays pending.
   std::vector<StepBatch> steps = sm.next_steps();
-  EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].num_rows() == 0);
+  EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].num_tokens() == 2 && steps[0].num_rows() == 0);
   sm.update(steps, {StepResult()});
   steps = sm.next_steps();
-  EXPECT(steps.size() == 1 && steps[0].model_id == 1 && steps[0].num_tokens() == 3 && steps[0].num_rows() == 1);
-  StepResult r;
-  r.tokens = {4};
-  sm.update(steps, {r});
-  // Round 1: draft depth 0 (the SSM reads the pending token 4 at position 3, proposes 5).
+  EXPECT(steps.size() == 1 && steps[0].model_id == 1 && steps[0].num_tokens() == 2 && steps[0].num_rows() == 0);
+  sm.update(steps, {StepResult()});
+  // Round 1: draft depth 0 (the SSM reads the pending token 3 at position 2, proposes 5).
   steps = sm.next_steps();
-  EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].tokens == std::vector<int32_t>{4});
-  EXPECT(steps[0].positions[0] == 3 && steps[0].samples[0].num_topk == 1);
+  EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].tokens == std::vector<int32_t>{3});
+  EXPECT(steps[0].positions[0] == 2 && steps[0].samples[0].num_topk == 1);
   StepResult d;
   d.tokens = {0};
   d.topk_tokens = {5};
   d.topk_probs = {0.9f};
   sm.update(steps, {d});
-  for (int32_t t : {6, 7}) {  // depths 1 and 2: one tree token each, at cache 4 + node
+  for (int32_t t : {6, 7}) {  // depths 1 and 2: one tree token each, at cache 3 + node
     steps = sm.next_steps();
     EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].num_tokens() == 1);
-    EXPECT(steps[0].prefix_len[0] == 4 && steps[0].tree_base[0] == 4);
+    EXPECT(steps[0].prefix_len[0] == 3 && steps[0].tree_base[0] == 3);
     d.topk_tokens = {t};
     sm.update(steps, {d});
   }
-  // Verify: pending 4 + tree [5, 6, 7] at positions 4, 5, 6 and cache 4, 5, 6.
+  // Verify: pending 3 + tree [5, 6, 7] at positions 3, 4, 5 and cache 3, 4, 5.
   steps = sm.next_steps();
   EXPECT(steps.size() == 1 && steps[0].model_id == 1);
-  EXPECT((steps[0].tokens == std::vector<int32_t>{4, 5, 6, 7}));
-  EXPECT((steps[0].positions == std::vector<int32_t>{3, 4, 5, 6}));
-  EXPECT((steps[0].cache_pos == std::vector<int32_t>{3, 4, 5, 6}));
+  EXPECT((steps[0].tokens == std::vector<int32_t>{3, 5, 6, 7}));
+  EXPECT((steps[0].positions == std::vector<int32_t>{2, 3, 4, 5}));
+  EXPECT((steps[0].cache_pos == std::vector<int32_t>{2, 3, 4, 5}));
   EXPECT(steps[0].tree_mask[3] == 0b111 && steps[0].num_rows() == 4);
+  StepResult r;
   r.tokens = {5, 6, 9, 0};  // agrees with 5, 6; after 6 the LLM says 9
   sm.update(steps, {r});
-  // Next round's SSM catch-up reads 5, 6, 9 at positions 4..6; the LLM batch applies no
-  // move (the accepted nodes already sit at their final positions in a chain).
-  steps = sm.next_steps();
-  EXPECT((steps[0].tokens == std::vector<int32_t>{5, 6, 9}) && steps[0].positions[0] == 4);
   Request out;
-  EXPECT(!sm.wait(g, 0, &out));
+  EXPECT(!sm.wait(g, 0, &out));  // still running: 3 of 20 tokens
+  // Next round's SSM catch-up reads 5, 6, 9 at positions 3..5.
+  steps = sm.next_steps();
+  EXPECT((steps[0].tokens == std::vector<int32_t>{5, 6, 9}) && steps[0].positions[0] == 3);
 }
 
-// Width 2 at depth 1: the LLM accepts the second child (node 1, cache 5), then its child
-// (node 2, cache 6). Their K/V must move to 4 and 5, in the next LLM step.
+// Width 2 at depth 1: the LLM accepts the second child (node 1, cache 4), then its child
+// (node 2, cache 5). Their K/V must move to 3 and 4, in the next LLM step.
 static void test_spec_commit_positions() {
   ServeLimits lim{1, 64, 64, 100};
   TreeShape shape;
@@ -287,28 +284,27 @@ static void test_spec_commit_positions() {
   sm.submit({1, 2, 3}, p);
   std::vector<StepBatch> steps = sm.next_steps();  // SSM prefill
   sm.update(steps, {StepResult()});
-  steps = sm.next_steps();  // LLM prefill draws 4
-  StepResult r;
-  r.tokens = {4};
-  sm.update(steps, {r});
+  steps = sm.next_steps();  // LLM prefill
+  sm.update(steps, {StepResult()});
   steps = sm.next_steps();  // SSM depth 0 -> two children
   StepResult d;
   d.tokens = {0};
   d.topk_tokens = {5, 8};
   d.topk_probs = {0.6f, 0.4f};
   sm.update(steps, {d});
-  steps = sm.next_steps();  // depth 1 -> width 1: the best path extends node 0 (5 -> 6)
+  steps = sm.next_steps();  // depth 1 -> width 1: the best path
   EXPECT(steps[0].num_tokens() == 2);
   d.tokens = {0, 0};
   d.topk_tokens = {6, 9};
   d.topk_probs = {0.5f, 0.9f};  // 8 -> 9 has path prob .36 > 5 -> 6 at .30
   sm.update(steps, {d});
-  steps = sm.next_steps();  // verify: 4 + [5, 8, 9]
-  EXPECT((steps[0].tokens == std::vector<int32_t>{4, 5, 8, 9}));
-  EXPECT(steps[0].tree_mask[3] == 0b110 && steps[0].positions[3] == 5 && steps[0].cache_pos[3] == 6);
-  r.tokens = {8, 1, 9, 11};  // after 4: 8 (node 1); after 8: 9 (node 2); after 9: bonus 11
+  steps = sm.next_steps();  // verify: 3 + [5, 8, 9]
+  EXPECT((steps[0].tokens == std::vector<int32_t>{3, 5, 8, 9}));
+  EXPECT(steps[0].tree_mask[3] == 0b110 && steps[0].positions[3] == 4 && steps[0].cache_pos[3] == 5);
+  StepResult r;
+  r.tokens = {8, 1, 9, 11};  // after 3: 8 (node 1); after 8: 9 (node 2); after 9: bonus 11
   sm.update(steps, {r});
-  // Next round: SSM re-reads 8, 9, 11; then the LLM step carries the moves.
+  // Next round: the SSM re-reads 8, 9, 11; then the LLM step carries the moves.
   steps = sm.next_steps();
   EXPECT((steps[0].tokens == std::vector<int32_t>{8, 9, 11}));
   while (!steps.empty() && steps[0].model_id == 2) {
@@ -324,15 +320,49 @@ static void test_spec_commit_positions() {
   }
   EXPECT(steps.size() == 1 && steps[0].model_id == 1);
   EXPECT(steps[0].commits.size() == 2);
-  EXPECT(steps[0].commits.size() == 2 && steps[0].commits[0].src == 5 && steps[0].commits[0].dst == 4);
-  EXPECT(steps[0].commits.size() == 2 && steps[0].commits[1].src == 6 && steps[0].commits[1].dst == 5);
-  EXPECT(steps[0].tokens[0] == 11 && steps[0].positions[0] == 6);
+  EXPECT(steps[0].commits.size() == 2 && steps[0].commits[0].src == 4 && steps[0].commits[0].dst == 3);
+  EXPECT(steps[0].commits.size() == 2 && steps[0].commits[1].src == 5 && steps[0].commits[1].dst == 4);
+  EXPECT(steps[0].tokens[0] == 11 && steps[0].positions[0] == 5);
+}
+
+// MSS on a one-node tree with known p and q: the emitted token's distribution is p.
+static void test_mss_exact_on_a_small_case() {
+  TokenTree t;
+  TreeNode n;
+  n.token = 0;
+  t.add(n);
+  std::vector<double> q = {0.7, 0.2, 0.1}, p_root = {0.2, 0.5, 0.3}, p_child = {1.0, 0.0, 0.0};
+  std::vector<std::vector<Attempt>> attempts = {{{0, &q}}, {}};
+  std::vector<std::vector<double>> p = {p_root, p_child};
+  uint64_t c = 0;
+  auto u = [&] { return uniform01(7, c++); };
+  const int N = 200000;
+  std::vector<int> counts(3, 0), wrong(3, 0);
+  for (int i = 0; i < N; i++) {
+    // The draft itself is drawn from q, as the SSM would.
+    TokenTree ti;
+    TreeNode d;
+    d.token = draw_from(q, u());
+    ti.add(d);
+    std::vector<std::vector<Attempt>> at = {{{0, &q}}, {}};
+    counts[verify_sampling(ti, at, p, u).emitted[0]]++;
+    wrong[verify_sampling(ti, at, p, u, Verifier::ArgmaxMatch).emitted[0]]++;
+  }
+  double chi = 0, chi_wrong = 0;
+  for (int k = 0; k < 3; k++) {
+    const double e = N * p_root[k];
+    chi += (counts[k] - e) * (counts[k] - e) / e;
+    chi_wrong += (wrong[k] - e) * (wrong[k] - e) / e;
+  }
+  EXPECT(chi < 13.8);        // chi-square, 2 degrees of freedom, p = 0.001
+  EXPECT(chi_wrong > 13.8);  // the argmax-match verifier is biased and caught
 }
 
 int main() {
   test_token_trees();
   test_spec_round();
   test_spec_commit_positions();
+  test_mss_exact_on_a_small_case();
   test_chunked_prefill_and_decode();
   test_slots_and_eos();
   test_max_seq_length_and_errors();

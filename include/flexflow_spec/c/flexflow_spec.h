@@ -82,6 +82,7 @@ typedef struct {
   int32_t num_widths;
   int32_t widths[16];
   int32_t max_tree_tokens;
+  int32_t verifier; /* 0: multi-step speculative sampling; 1: argmax-match, deliberately biased (tests) */
 } ffs_tree_params_t;
 
 /* Compile the LLM for speculative inference with already compiled SSMs (same vocabulary).
