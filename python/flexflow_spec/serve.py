@@ -194,6 +194,15 @@ class LLM:
         self.generation_config = gc
         self.max_seq_length = max_seq_length
 
+    def stats(self) -> dict:
+        """Step timing since compile: steps, and milliseconds spent computing inside the step
+        tasks, from launch to result (Legion's overhead is the difference), and in the driver
+        between steps."""
+        st = ffi.new("ffs_model_stats_t *")
+        check(lib.ffs_model_stats(self._handle, st))
+        return {"steps": st.steps, "compute_ms": st.compute_us / 1e3, "wall_ms": st.wall_us / 1e3,
+                "driver_ms": st.driver_us / 1e3}
+
     # ---- generation -----------------------------------------------------------------------
 
     def _encode(self, prompt) -> tuple[str | None, list[int]]:

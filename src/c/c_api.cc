@@ -175,6 +175,17 @@ ffs_status_t ffs_model_compile_speculative(ffs_model_t llm, const ffs_compile_pa
   });
 }
 
+ffs_status_t ffs_model_stats(ffs_model_t m, ffs_model_stats_t *out) {
+  return guarded([&] {
+    require(m && out, "model and out must not be NULL");
+    ffspec::ModelHandle::Stats s = ffspec::engine::stats(&m->handle);
+    out->steps = s.steps;
+    out->compute_us = s.compute_us;
+    out->wall_us = s.wall_us;
+    out->driver_us = s.driver_us;
+  });
+}
+
 ffs_status_t ffs_request_get_accepted(ffs_model_t m, uint64_t guid, int32_t *counts, int32_t capacity) {
   return guarded([&] {
     ffspec::Request r;

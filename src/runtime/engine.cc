@@ -1,6 +1,9 @@
 #include "runtime/engine.h"
 
+#include <sched.h>
+
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -61,6 +64,22 @@ State &st() {
   return s;
 }
 
+// The CPUs this process may use, read before Legion starts. Realm pins a processor's thread
+// to one core when it can reserve cores for it; the BLAS and OpenMP threads a step task
+// starts would inherit that single core (measured: 10x slower steps with -ll:cpu 1 on 2
+// cores). Our compute tasks therefore run with the process's own CPU set.
+cpu_set_t g_process_cpus;
+bool g_have_process_cpus = false;
+
+void use_all_process_cpus() {
+  thread_local bool done = false;
+  if (done || !g_have_process_cpus) return;
+  done = true;
+  cpu_set_t now;
+  if (sched_getaffinity(0, sizeof(now), &now) == 0 && !CPU_EQUAL(&now, &g_process_cpus))
+    sched_setaffinity(0, sizeof(g_process_cpus), &g_process_cpus);
+}
+
 ModelHandle *lookup(int id) {
   std::lock_guard<std::mutex> lock(st().mu);
   auto it = st().models.find(id);
@@ -74,6 +93,8 @@ void wake() {
 // ---- the step task -----------------------------------------------------------------------
 
 StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions) {
+  use_all_process_cpus();
+  const auto t0 = std::chrono::steady_clock::now();
   StepBatch b = StepBatch::deserialize(task->args, task->arglen);
   ModelHandle *m = lookup(b.model_id);
   FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
@@ -99,6 +120,7 @@ StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions
                   &r.topk_probs[at]);
     }
   }
+  r.compute_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
 
@@ -114,6 +136,7 @@ StepResult step_task(const Task *task, const std::vector<PhysicalRegion> &region
 }
 
 int32_t load_weights_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
+  use_all_process_cpus();
   int id;
   std::memcpy(&id, task->args, sizeof(id));
   try {
@@ -156,6 +179,8 @@ void destroy_region(Context ctx, Runtime *rt, LogicalRegion lr) {
   rt->destroy_index_space(ctx, lr.get_index_space());
 }
 
+Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch &b);
+
 void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
   const size_t wbytes = m->layout.total * sizeof(float);
   const size_t kv_floats = static_cast<size_t>(m->config.num_layers) * 2 * m->limits.max_requests_per_batch *
@@ -197,8 +222,15 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
     throw;
   }
   m->checkpoint.reset();  // weights now live in the region; unmap the files
-  std::lock_guard<std::mutex> lock(st().mu);
-  st().placements[m->id] = p;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().placements[m->id] = p;
+  }
+  // An empty step maps both regions now (creating the KV cache instance and running its
+  // fill) so the first request does not pay for it (~150 ms for SmolLM2).
+  StepBatch empty;
+  empty.model_id = m->id;
+  launch_step(ctx, rt, p, empty).get_void_result();
 }
 
 Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch &b) {
@@ -247,12 +279,19 @@ void driver_main(std::promise<void> ready) {
       ModelHandle *m;
       std::vector<StepBatch> batches;
       std::vector<Future> futures;
+      std::chrono::steady_clock::time_point launched;
+      double driver_us;
     };
     std::vector<InFlight> flights;
+    using Clock = std::chrono::steady_clock;
+    using us = std::chrono::duration<double, std::micro>;
     for (ModelHandle *m : models) {
+      const auto t_sched = Clock::now();
       std::vector<StepBatch> steps = m->manager->next_steps();
       if (steps.empty()) continue;
-      InFlight fl{m, std::move(steps), {}};
+      InFlight fl{m, std::move(steps), {}, {}, 0.0};
+      fl.launched = Clock::now();
+      fl.driver_us = us(fl.launched - t_sched).count();
       for (const StepBatch &b : fl.batches) {
         Placement p;
         {
@@ -271,7 +310,18 @@ void driver_main(std::promise<void> ready) {
           if (results.back().tokens.size() != fl.batches[i].num_rows())
             fail(FFS_ERR_INTERNAL, "the step task failed (see the log)");
         }
+        const auto t_done = Clock::now();
         fl.m->manager->update(fl.batches, results);
+        std::lock_guard<std::mutex> lock(st().mu);
+        ModelHandle::Stats &sx = fl.m->stats;
+        sx.steps++;
+        sx.wall_us += us(t_done - fl.launched).count();
+        double slowest = 0;
+        for (const StepResult &r : results) slowest = std::max(slowest, r.compute_us);
+        sx.compute_us += slowest;
+        FFS_DEBUG("step", "model " << fl.m->id << " wall_us " << us(t_done - fl.launched).count()
+                                   << " compute_us " << slowest);
+        sx.driver_us += fl.driver_us + us(Clock::now() - t_done).count();
       } catch (const std::exception &e) {
         fl.m->manager->fail_steps(fl.batches, e.what());
       }
@@ -339,6 +389,7 @@ void start(const std::vector<std::string> &args) {
     reg3.set_leaf();
     Runtime::preregister_task_variant<int32_t, load_weights_task>(reg3, "ffs_load_weights");
   }
+  g_have_process_cpus = sched_getaffinity(0, sizeof(g_process_cpus), &g_process_cpus) == 0;
   // Legion keeps pointers into argv for the life of the process.
   static std::vector<std::string> keep;
   static std::vector<char *> argv;
@@ -365,6 +416,11 @@ void shutdown() {
   wake();
   st().driver.join();
   Runtime::wait_for_shutdown();
+}
+
+ModelHandle::Stats stats(ModelHandle *m) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  return m->stats;
 }
 
 int register_model(ModelHandle *m) {

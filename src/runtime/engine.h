@@ -27,6 +27,13 @@ struct ModelHandle {
   std::unique_ptr<RequestManager> manager; // set by compile
   ServeLimits limits;
   int attached_to = -1;                    // an SSM serving an LLM's speculation
+  // Step timing (driver thread writes, readers take st().mu): microseconds.
+  struct Stats {
+    int64_t steps = 0;
+    double compute_us = 0;  // inside the step tasks
+    double wall_us = 0;     // launch to result, as the driver sees it
+    double driver_us = 0;   // scheduling and bookkeeping between steps
+  } stats;
   bool speculative = false;
 };
 
@@ -35,6 +42,7 @@ namespace engine {
 void start(const std::vector<std::string> &args);  // throws ffspec::Error
 void shutdown();
 bool started();
+ModelHandle::Stats stats(ModelHandle *m);
 
 // Registers a loaded model so step tasks can find it by id.
 int register_model(ModelHandle *m);

@@ -81,7 +81,7 @@ StepBatch StepBatch::deserialize(const void *data, size_t size) {
 }
 
 size_t StepResult::legion_buffer_size() const {
-  return 4 * sizeof(uint64_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
+  return 4 * sizeof(uint64_t) + sizeof(double) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
          topk_tokens.size() * sizeof(int32_t) + topk_probs.size() * sizeof(float);
 }
 
@@ -92,6 +92,7 @@ void StepResult::legion_serialize(void *buffer) const {
   w.vec(logits);
   w.vec(topk_tokens);
   w.vec(topk_probs);
+  w.pod(compute_us);
   std::memcpy(buffer, out.data(), out.size());
 }
 
@@ -103,6 +104,7 @@ void StepResult::legion_deserialize(const void *buffer) {
   logits = r.vec<float>();
   topk_tokens = r.vec<int32_t>();
   topk_probs = r.vec<float>();
+  compute_us = r.pod<double>();
 }
 
 }  // namespace ffspec

@@ -129,6 +129,14 @@ ffs_status_t ffs_request_get_logits(ffs_model_t model, uint64_t guid, float *log
                                     int64_t capacity);
 /* Tokens emitted at each LLM step ([llm_decoding_steps]). */
 ffs_status_t ffs_request_get_accepted(ffs_model_t model, uint64_t guid, int32_t *counts, int32_t capacity);
+typedef struct {
+  int64_t steps;      /* steps of this model's manager (speculative: rounds' steps, drafts included) */
+  double compute_us;  /* inside the step tasks (the slowest task of each step) */
+  double wall_us;     /* from launch to result, as the driver sees it */
+  double driver_us;   /* scheduling and bookkeeping between steps */
+} ffs_model_stats_t;
+ffs_status_t ffs_model_stats(ffs_model_t model, ffs_model_stats_t *out);
+
 /* Forget a finished request. */
 ffs_status_t ffs_request_release(ffs_model_t model, uint64_t guid);
 /* cffi-end */
