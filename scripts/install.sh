@@ -18,7 +18,7 @@ PY=${PYTHON:-python3}
 echo "[install] Python dependencies"
 # torch first, pinned, so nothing below pulls a CUDA build.
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q "scikit-build-core>=0.10" "cffi>=1.16" ninja numpy "transformers>=4.45" "gguf>=0.10" \
+$PY -m pip install -q "scikit-build-core>=0.10" "cffi>=1.16" cmake ninja numpy "transformers>=4.45" "gguf>=0.10" \
   accelerate safetensors scipy pytest
 
 echo "[install] Legion (cached; the first build takes 11-18 minutes on 2 cores)"
