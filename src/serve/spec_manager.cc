@@ -321,48 +321,39 @@ void SpecManager::update_verify_locked(const StepBatch &, const StepResult &res)
           for (int c : it->second)
             if (rd.where[s][c] >= 0) attempts[u + 1].push_back({rd.where[s][c], &rd.q[s].at(src)});
         }
-      Verdict v = verify_sampling(rd.merged, attempts, p, [&] { return next_uniform_locked(r); }, shape_.verifier);
-      r.decoding_steps++;
-      int emitted = 0;
-      bool finished = false;
-      for (int32_t tok : v.emitted) {
-        emitted++;
-        if ((finished = append_token_locked(r, tok))) break;
-      }
-      r.accepted_per_step.push_back(emitted);
-      if (finished) continue;
-      std::vector<KvMove> &mv = commits_[r.slot];
-      for (size_t k = 0; k < v.accepted.size(); k++)
-        mv.push_back({r.slot, L + 1 + v.accepted[k], L + 1 + static_cast<int>(k)});
-      r.num_computed = L + 1 + static_cast<int>(v.accepted.size());
-      for (int &c : r.ssm_computed) c = std::min(c, r.num_computed);
+      commit_verdict_locked(r, L, verify_sampling(rd.merged, attempts, p, [&] { return next_uniform_locked(r); },
+                                                  shape_.verifier));
       continue;
     }
-
     std::vector<int32_t> choice(res.tokens.begin() + e.first_row, res.tokens.begin() + e.first_row + e.num_rows);
-    r.decoding_steps++;
     if (e.tree_nodes == 0) {
-      r.accepted_per_step.push_back(1);
-      append_token_locked(r, choice[0]);
-      continue;
+      Verdict plain;  // no tree: the LLM's own token
+      plain.emitted = {choice[0]};
+      commit_verdict_locked(r, L, plain);
+    } else {
+      commit_verdict_locked(r, L, verify_greedy(rd.merged, choice));
     }
-    TokenTree &t = rd.merged;
-    Verdict v = verify_greedy(t, choice);
-    int emitted = 0;
-    bool finished = false;
-    for (int32_t tok : v.emitted) {
-      emitted++;
-      if ((finished = append_token_locked(r, tok))) break;
-    }
-    r.accepted_per_step.push_back(emitted);
-    if (finished) continue;
-    // The accepted nodes' K/V go to L+1, L+2, ... before the next LLM step reads them.
-    std::vector<KvMove> &mv = commits_[r.slot];
-    for (size_t k = 0; k < v.accepted.size(); k++)
-      mv.push_back({r.slot, L + 1 + v.accepted[k], L + 1 + static_cast<int>(k)});
-    r.num_computed = L + 1 + static_cast<int>(v.accepted.size());
-    for (int &c : r.ssm_computed) c = std::min(c, r.num_computed);
   }
+}
+
+void SpecManager::commit_verdict_locked(Request &r, int L, const Verdict &v) {
+  r.decoding_steps++;
+  int emitted = 0;
+  for (int32_t tok : v.emitted) {
+    emitted++;
+    if (append_token_locked(r, tok)) {
+      r.accepted_per_step.push_back(emitted);
+      return;  // finished: its slot's cache no longer matters
+    }
+  }
+  r.accepted_per_step.push_back(emitted);
+  if (v.accepted.empty()) return;
+  // The accepted nodes' K/V go to L+1, L+2, ... before the next LLM step reads them.
+  std::vector<KvMove> &mv = commits_[r.slot];
+  for (size_t k = 0; k < v.accepted.size(); k++)
+    mv.push_back({r.slot, L + 1 + v.accepted[k], L + 1 + static_cast<int>(k)});
+  r.num_computed = L + 1 + static_cast<int>(v.accepted.size());
+  for (int &c : r.ssm_computed) c = std::min(c, r.num_computed);
 }
 
 void SpecManager::update(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results) {

@@ -68,6 +68,9 @@ class SpecManager : public RequestManager {
   void update_verify_locked(const StepBatch &batch, const StepResult &result);
   void draft_sampled_locked(Request &r, Round &rd, int s, int depth, const std::vector<const float *> &rows);
   double next_uniform_locked(Request &r);
+  // Emits a verdict's tokens (stopping at EOS / limits) and queues the K/V moves of its
+  // accepted tree tokens, whose pending token sat at cache position L.
+  void commit_verdict_locked(Request &r, int L, const Verdict &v);
 
   SpecModel llm_;
   std::vector<SpecModel> ssms_;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "serve/sampling.h"
 #include "util/error.h"
 
 namespace ffspec {
@@ -134,24 +135,6 @@ Verdict verify_greedy(const TokenTree &tree, const std::vector<int32_t> &llm_arg
   }
 }
 
-namespace {
-
-int32_t draw(const std::vector<double> &p, double u) {
-  double total = 0;
-  for (double x : p) total += x;
-  double cum = 0, target = u * total;
-  int32_t last = 0;
-  for (size_t i = 0; i < p.size(); i++) {
-    if (p[i] <= 0) continue;
-    cum += p[i];
-    last = static_cast<int32_t>(i);
-    if (target < cum) return last;
-  }
-  return last;
-}
-
-}  // namespace
-
 Verdict verify_sampling(const TokenTree &tree, const std::vector<std::vector<Attempt>> &attempts,
                         const std::vector<std::vector<double>> &p, const std::function<double()> &uniform,
                         Verifier verifier) {
@@ -183,7 +166,7 @@ Verdict verify_sampling(const TokenTree &tree, const std::vector<std::vector<Att
       }
     }
     if (accepted < 0) {
-      v.emitted.push_back(draw(target, uniform()));
+      v.emitted.push_back(draw_from(target, uniform()));
       return v;
     }
     v.accepted.push_back(accepted);
