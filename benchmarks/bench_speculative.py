@@ -22,10 +22,12 @@ from conftest import PROMPTS, make_tiny_llama  # noqa: E402
 from flexflow_spec.fixtures import smollm2_hf_dir  # noqa: E402
 
 SHAPES = {
-    "chain-4": ff.SpeculationConfig.chain(4),
-    "chain-8": ff.SpeculationConfig.chain(8),
-    "tree-specinfer (1,1,3) d8": ff.SpeculationConfig(),
-    "tree (2,2,2) d6": ff.SpeculationConfig(max_depth=6, widths=(2, 2, 2), max_tree_tokens=32),
+    "chain-4, fixed depth": ff.SpeculationConfig.chain(4, adaptive_depth=False),
+    "chain-8, fixed depth": ff.SpeculationConfig.chain(8, adaptive_depth=False),
+    "chain-8, adaptive depth": ff.SpeculationConfig.chain(8),
+    "tree-specinfer (1,1,3) d8, fixed depth": ff.SpeculationConfig(adaptive_depth=False),
+    "tree-specinfer (1,1,3) d8, adaptive depth": ff.SpeculationConfig(),
+    "tree (2,2,2) d6, adaptive depth": ff.SpeculationConfig(max_depth=6, widths=(2, 2, 2), max_tree_tokens=32),
 }
 
 

@@ -57,10 +57,13 @@ class SpeculationConfig:
     # exact). "argmax_match" accepts a draft only when it is the LLM's most likely token: it
     # is biased on purpose, for tests that must be able to catch a wrong verifier.
     verifier: str = "mss"
+    # Per request, draft (accepted + 1) levels after a rejection and twice as many after a
+    # fully accepted round, up to max_depth; False: always max_depth.
+    adaptive_depth: bool = True
 
     @classmethod
-    def chain(cls, depth: int = 8) -> "SpeculationConfig":
-        return cls(max_depth=depth, widths=(1,), max_tree_tokens=max(depth, 1))
+    def chain(cls, depth: int = 8, **kw) -> "SpeculationConfig":
+        return cls(max_depth=depth, widths=(1,), max_tree_tokens=max(depth, 1), **kw)
 
     def validate(self) -> None:
         if not (isinstance(self.max_depth, int) and 1 <= self.max_depth <= 64):
@@ -185,6 +188,7 @@ class LLM:
                 tree.widths[i] = w
             tree.max_tree_tokens = spec.max_tree_tokens
             tree.verifier = 0 if spec.verifier == "mss" else 1
+            tree.adaptive_depth = int(bool(spec.adaptive_depth))
             handles = ffi.new("ffs_model_t[]", [s._handle for s in ssms])
             check(lib.ffs_model_compile_speculative(self._handle, params, handles, len(ssms), tree))
         else:

@@ -171,6 +171,7 @@ ffs_status_t ffs_model_compile_speculative(ffs_model_t llm, const ffs_compile_pa
     shape.max_tree_tokens = tree->max_tree_tokens;
     require(tree->verifier == 0 || tree->verifier == 1, "tree verifier must be 0 (MSS) or 1 (argmax-match)");
     shape.verifier = static_cast<ffspec::Verifier>(tree->verifier);
+    shape.adaptive_depth = tree->adaptive_depth != 0;
     ffspec::engine::compile_speculative(&llm->handle, lim, hs, shape);
   });
 }

@@ -10,6 +10,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <set>
 #include <mutex>
 #include <thread>
 
@@ -52,6 +53,7 @@ struct State {
   std::thread driver;
   std::map<int, ModelHandle *> models;  // registry read by step tasks
   std::map<int, Placement> placements;
+  std::set<int> compiling;  // models with a compile in progress or done
   int next_id = 1;
   ffs_status_t load_status = FFS_OK;  // last failed weight load, read by the driver
   std::string load_error;
@@ -121,6 +123,7 @@ StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions
     }
   }
   r.compute_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  r.ok = 1;
   return r;
 }
 
@@ -267,10 +270,17 @@ void driver_main(std::promise<void> ready) {
     std::vector<ModelHandle *> models;
     {
       std::unique_lock<std::mutex> lock(st().mu);
-      if (st().stop) break;
       jobs.swap(st().jobs);
+      if (st().stop) {
+        // Nothing else runs: queued jobs fail, and so do requests still waiting for steps.
+        for (auto &job : jobs) job(Context(), nullptr);
+        for (auto &kv : st().models)
+          if (kv.second->manager) kv.second->manager->fail_all("the runtime is shutting down");
+        break;
+      }
       for (auto &kv : st().models)
-        if (kv.second->manager && st().placements.count(kv.first)) models.push_back(kv.second);
+        if (kv.second->manager && kv.second->attached_to < 0 && st().placements.count(kv.first))
+          models.push_back(kv.second);
     }
     for (auto &job : jobs) job(ctx, rt);
     // Each manager's next step: one batch per model in it (an LLM, or its SSMs drafting).
@@ -287,27 +297,36 @@ void driver_main(std::promise<void> ready) {
     using us = std::chrono::duration<double, std::micro>;
     for (ModelHandle *m : models) {
       const auto t_sched = Clock::now();
-      std::vector<StepBatch> steps = m->manager->next_steps();
-      if (steps.empty()) continue;
-      InFlight fl{m, std::move(steps), {}, {}, 0.0};
-      fl.launched = Clock::now();
-      fl.driver_us = us(fl.launched - t_sched).count();
-      for (const StepBatch &b : fl.batches) {
-        Placement p;
-        {
-          std::lock_guard<std::mutex> lock(st().mu);
-          p = st().placements.at(b.model_id);
+      std::vector<StepBatch> steps;
+      try {
+        steps = m->manager->next_steps();
+        if (steps.empty()) continue;
+        InFlight fl{m, steps, {}, {}, 0.0};
+        fl.launched = Clock::now();
+        fl.driver_us = us(fl.launched - t_sched).count();
+        for (const StepBatch &b : fl.batches) {
+          Placement p;
+          {
+            std::lock_guard<std::mutex> lock(st().mu);
+            auto it = st().placements.find(b.model_id);
+            if (it == st().placements.end())
+              fail(FFS_ERR_STATE, "a model this step needs was freed (an SSM freed before its LLM?)");
+            p = it->second;
+          }
+          fl.futures.push_back(launch_step(ctx, rt, p, b));
         }
-        fl.futures.push_back(launch_step(ctx, rt, p, b));
+        flights.push_back(std::move(fl));
+      } catch (const std::exception &e) {
+        // Futures already launched for this model finish on their own; its requests fail.
+        m->manager->fail_steps(steps, e.what());
       }
-      flights.push_back(std::move(fl));
     }
     for (InFlight &fl : flights) {
       try {
         std::vector<StepResult> results;
         for (size_t i = 0; i < fl.futures.size(); i++) {
           results.push_back(fl.futures[i].get_result<StepResult>());
-          if (results.back().tokens.size() != fl.batches[i].num_rows())
+          if (!results.back().ok || results.back().tokens.size() != fl.batches[i].num_rows())
             fail(FFS_ERR_INTERNAL, "the step task failed (see the log)");
         }
         const auto t_done = Clock::now();
@@ -348,6 +367,7 @@ void run_on_driver(std::function<void(Context, Runtime *)> fn) {
     if (!st().started || st().stopped) fail(FFS_ERR_STATE, "the runtime is not running: call ff.init() first");
     st().jobs.push_back([fn = std::move(fn), done](Context ctx, Runtime *rt) {
       try {
+        if (!rt) fail(FFS_ERR_STATE, "the runtime is shutting down");
         fn(ctx, rt);
         done->set_value();
       } catch (...) {
@@ -398,7 +418,11 @@ void start(const std::vector<std::string> &args) {
   for (auto &s : keep) argv.push_back(s.data());
   argv.push_back(nullptr);
   int rc = Runtime::start(static_cast<int>(keep.size()), argv.data(), true);
-  if (rc != 0) fail(FFS_ERR_INTERNAL, "Legion failed to start (code " + std::to_string(rc) + ")");
+  if (rc != 0) {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().started = false;
+    fail(FFS_ERR_INTERNAL, "Legion failed to start (code " + std::to_string(rc) + ")");
+  }
   std::promise<void> ready;
   std::future<void> fut = ready.get_future();
   st().driver = std::thread(driver_main, std::move(ready));
@@ -435,6 +459,9 @@ void unregister_model(int id) {
   {
     std::lock_guard<std::mutex> lock(st().mu);
     st().models.erase(id);
+    st().compiling.erase(id);
+    for (auto &kv : st().models)
+      if (kv.second->attached_to == id) kv.second->attached_to = -1;  // its SSMs are free again
     placed = st().placements.count(id) > 0;
   }
   if (placed && started()) {
@@ -452,10 +479,27 @@ void unregister_model(int id) {
   }
 }
 
+// Marks a model as being compiled; a second compile of the same model fails at once.
+void claim_compile(ModelHandle *m) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (st().compiling.count(m->id) || st().placements.count(m->id))
+    fail(FFS_ERR_STATE, "model " + m->path + " is already compiled");
+  st().compiling.insert(m->id);
+}
+
+void release_compile_claim(ModelHandle *m) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().compiling.erase(m->id);
+}
+
 void compile_speculative(ModelHandle *llm, const ServeLimits &limits, const std::vector<ModelHandle *> &ssms,
                          const TreeShape &shape) {
   std::vector<SpecModel> sm;
+  for (size_t i = 0; i < ssms.size(); i++)
+    for (size_t j = 0; j < i; j++)
+      if (ssms[i] == ssms[j]) fail(FFS_ERR_INVALID_ARGUMENT, "SSM " + ssms[i]->path + " is listed twice");
   for (ModelHandle *s : ssms) {
+    if (s->speculative) fail(FFS_ERR_INVALID_ARGUMENT, "SSM " + s->path + " is itself a speculative LLM");
     if (!s->manager) fail(FFS_ERR_STATE, "SSM " + s->path + " is not compiled: call ssm.compile() first");
     if (s == llm) fail(FFS_ERR_INVALID_ARGUMENT, "a model cannot be its own SSM");
     if (s->attached_to >= 0 && s->attached_to != llm->id)
@@ -472,31 +516,38 @@ void compile_speculative(ModelHandle *llm, const ServeLimits &limits, const std:
     fail(FFS_ERR_INVALID_ARGUMENT, "max_tree_tokens must be in [1, 64]");
   for (int w : shape.widths)
     if (w < 1 || w > 16) fail(FFS_ERR_INVALID_ARGUMENT, "tree widths must be in [1, 16]");
-  {
-    std::lock_guard<std::mutex> lock(st().mu);
-    if (st().placements.count(llm->id)) fail(FFS_ERR_STATE, "model " + llm->path + " is already compiled");
-  }
   if (!llm->checkpoint) fail(FFS_ERR_STATE, "model " + llm->path + " has no checkpoint to load");
+  claim_compile(llm);
   llm->limits = limits;
-  run_on_driver([llm, ssms, sm, shape](Context ctx, Runtime *rt) {
+  try {
+    run_on_driver([llm, ssms, sm, shape](Context ctx, Runtime *rt) {
+    for (ModelHandle *s : ssms)
+      if (s->manager->has_work())
+        fail(FFS_ERR_STATE, "SSM " + s->path + " is serving requests of its own; wait for them first");
     do_compile(ctx, rt, llm);
     for (ModelHandle *s : ssms) s->attached_to = llm->id;
     llm->speculative = true;
     llm->manager = std::make_unique<SpecManager>(SpecModel{llm->id, llm->limits}, sm, shape, wake);
-  });
+    });
+  } catch (...) {
+    release_compile_claim(llm);
+    throw;
+  }
 }
 
 void compile(ModelHandle *m, const ServeLimits &limits) {
-  {
-    std::lock_guard<std::mutex> lock(st().mu);
-    if (st().placements.count(m->id)) fail(FFS_ERR_STATE, "model " + m->path + " is already compiled");
-  }
   if (!m->checkpoint) fail(FFS_ERR_STATE, "model " + m->path + " has no checkpoint to load");
+  claim_compile(m);
   m->limits = limits;
-  run_on_driver([m](Context ctx, Runtime *rt) {
-    do_compile(ctx, rt, m);
-    m->manager = std::make_unique<RequestManager>(m->id, m->limits, wake);
-  });
+  try {
+    run_on_driver([m](Context ctx, Runtime *rt) {
+      do_compile(ctx, rt, m);
+      m->manager = std::make_unique<RequestManager>(m->id, m->limits, wake);
+    });
+  } catch (...) {
+    release_compile_claim(m);
+    throw;
+  }
 }
 
 }  // namespace ffspec::engine

@@ -2,6 +2,7 @@
 // as the implicit top-level task and makes every Legion call, keeps each compiled model's
 // weights and KV cache in Legion regions, and launches one coarse step task per model step.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -26,7 +27,7 @@ struct ModelHandle {
   std::unique_ptr<Checkpoint> checkpoint;  // kept mapped until compile has copied it
   std::unique_ptr<RequestManager> manager; // set by compile
   ServeLimits limits;
-  int attached_to = -1;                    // an SSM serving an LLM's speculation
+  std::atomic<int> attached_to{-1};        // an SSM serving an LLM's speculation
   // Step timing (driver thread writes, readers take st().mu): microseconds.
   struct Stats {
     int64_t steps = 0;

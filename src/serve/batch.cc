@@ -81,7 +81,7 @@ StepBatch StepBatch::deserialize(const void *data, size_t size) {
 }
 
 size_t StepResult::legion_buffer_size() const {
-  return 4 * sizeof(uint64_t) + sizeof(double) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
+  return 4 * sizeof(uint64_t) + sizeof(double) + sizeof(int32_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
          topk_tokens.size() * sizeof(int32_t) + topk_probs.size() * sizeof(float);
 }
 
@@ -93,6 +93,7 @@ void StepResult::legion_serialize(void *buffer) const {
   w.vec(topk_tokens);
   w.vec(topk_probs);
   w.pod(compute_us);
+  w.pod(ok);
   std::memcpy(buffer, out.data(), out.size());
 }
 
@@ -105,6 +106,7 @@ void StepResult::legion_deserialize(const void *buffer) {
   topk_tokens = r.vec<int32_t>();
   topk_probs = r.vec<float>();
   compute_us = r.pod<double>();
+  ok = r.pod<int32_t>();
 }
 
 }  // namespace ffspec

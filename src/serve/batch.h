@@ -53,6 +53,7 @@ struct StepResult {
   std::vector<int32_t> topk_tokens;  // concatenated num_topk entries of each row asking for them
   std::vector<float> topk_probs;     // softmax probabilities (after the row's temperature) of those
   double compute_us = 0;             // time the step task spent computing
+  int32_t ok = 0;                    // set only by a step that completed
 
   // Legion's future serialization protocol.
   size_t legion_buffer_size() const;

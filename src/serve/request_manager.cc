@@ -141,10 +141,17 @@ StepBatch RequestManager::schedule() {
     in_flight_.push_back({r.guid, n, samples});
   };
   // Decoding requests first (one token each, latency-bound), then prefill chunks.
+  int decoding = 0;
   for (uint64_t g : running_) {
     Request &r = requests_.at(g);
-    if (static_cast<int>(r.tokens.size()) - r.num_computed == 1) take(r);
+    if (static_cast<int>(r.tokens.size()) - r.num_computed == 1) {
+      take(r);
+      decoding++;
+    }
   }
+  // More decoders than tokens per batch: they take turns.
+  if (decoding > limits_.max_tokens_per_batch && !running_.empty())
+    std::rotate(running_.begin(), running_.begin() + 1, running_.end());
   for (uint64_t g : running_) {
     Request &r = requests_.at(g);
     if (static_cast<int>(r.tokens.size()) - r.num_computed > 1) take(r);
@@ -198,15 +205,32 @@ void RequestManager::fail_batch(const StepBatch &, const std::string &why) {
 
 bool RequestManager::wait(uint64_t guid, int64_t timeout_ms, Request *out) {
   std::unique_lock<std::mutex> lock(mu_);
-  auto it = requests_.find(guid);
-  if (it == requests_.end()) fail(FFS_ERR_INVALID_ARGUMENT, "unknown request guid " + std::to_string(guid));
-  auto done = [&] { return it->second.finish != FinishReason::Running; };
+  // Looked up after every wake-up: another thread may release the request meanwhile.
+  bool gone = false;
+  auto done = [&] {
+    auto it = requests_.find(guid);
+    gone = it == requests_.end();
+    return gone || it->second.finish != FinishReason::Running;
+  };
   if (timeout_ms < 0)
     done_cv_.wait(lock, done);
   else if (!done_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), done))
     return false;
-  *out = it->second;
+  if (gone) fail(FFS_ERR_INVALID_ARGUMENT, "unknown or released request guid " + std::to_string(guid));
+  *out = requests_.at(guid);
   return true;
+}
+
+void RequestManager::fail_all(const std::string &why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto &kv : requests_) {
+    Request &r = kv.second;
+    if (r.finish != FinishReason::Running) continue;
+    r.error = why;
+    finish_locked(r, FinishReason::Error);
+  }
+  waiting_.clear();
+  done_cv_.notify_all();
 }
 
 bool RequestManager::release(uint64_t guid) {

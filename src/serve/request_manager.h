@@ -52,6 +52,7 @@ struct Request {
   std::vector<int> accepted_per_step;  // tokens emitted at each of those steps
   std::vector<int> ssm_computed;       // speculative mode: tokens in each SSM's cache
   uint64_t spec_draws = 0;             // speculative sampling: uniforms used so far
+  int spec_depth = -1;                 // adaptive speculation: depth of the next tree (-1: max)
   std::vector<float> logits;    // [generated, vocab] when return_logits
   Clock::time_point submitted, first_token, finished;
 
@@ -78,6 +79,8 @@ class RequestManager {
   // Fails every request in the batch (the step itself failed).
   void fail_batch(const StepBatch &batch, const std::string &why);
 
+  // Fails every request not finished yet (shutdown).
+  void fail_all(const std::string &why);
   // Blocks until done; false on timeout. Copies the request out.
   bool wait(uint64_t guid, int64_t timeout_ms, Request *out);
   bool release(uint64_t guid);

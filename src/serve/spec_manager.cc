@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "util/error.h"
+#include "util/log.h"
 
 namespace ffspec {
 
@@ -70,7 +71,9 @@ void SpecManager::start_round_locked() {
     long remaining = INT_MAX;
     if (r.params.max_new_tokens >= 0) remaining = std::min<long>(remaining, r.params.max_new_tokens - r.num_generated());
     if (r.params.max_length >= 0) remaining = std::min<long>(remaining, r.params.max_length - (long)r.tokens.size());
-    rd.depth_limit = static_cast<int>(std::min<long>(shape_.max_depth, remaining - 1));
+    const int depth = shape_.adaptive_depth && r.spec_depth > 0 ? std::min(r.spec_depth, shape_.max_depth)
+                                                                 : shape_.max_depth;
+    rd.depth_limit = static_cast<int>(std::min<long>(depth, remaining - 1));
     // Tree slots sit after the pending token in every model's cache.
     rd.room = std::min(shape_.max_tree_tokens, limits_.max_seq_length - 1 - rd.L);
     rd.sampling = r.params.do_sample;
@@ -84,8 +87,41 @@ void SpecManager::start_round_locked() {
     rd.draws.assign(nssm, {});
     round_[g] = std::move(rd);
   }
+  plan_budget_locked();
   drafting_ = true;
   depth_ = 0;
+}
+
+void SpecManager::plan_budget_locked() {
+  // The verify step's tokens, planned before anything is drafted (so never from drafted
+  // values: pruning sampled drafts by value would bias the verifier): one token per decoding
+  // request, a quarter kept for prefill chunks when some prompt is still being read, and the
+  // rest shared evenly as tree room.
+  const int budget = llm_.limits.max_tokens_per_batch, nssm = static_cast<int>(ssms_.size());
+  int decoding = 0, prefilling = 0, nspec = 0;
+  for (uint64_t g : running_) {
+    const Request &r = requests_.at(g);
+    const int pending = static_cast<int>(r.tokens.size()) - r.num_computed;
+    decoding += pending == 1;
+    prefilling += pending > 1;
+    nspec += round_.at(g).spec;
+  }
+  int free = budget - decoding;
+  if (prefilling > 0) free -= std::min(std::max(free, 0), std::max(1, budget / 4));
+  for (uint64_t g : running_) {
+    Round &rd = round_.at(g);
+    if (!rd.spec) continue;
+    const int share = nspec > 0 ? std::max(free, 0) / nspec : 0;
+    nspec--;
+    int room = std::min(rd.room, share);
+    if (rd.sampling) room = room / nssm * nssm;
+    if (room < (rd.sampling ? nssm : 1)) {
+      rd.spec = false;
+      continue;
+    }
+    rd.room = room;
+    free -= room;
+  }
 }
 
 std::vector<StepBatch> SpecManager::draft_steps_locked() {
@@ -105,7 +141,9 @@ std::vector<StepBatch> SpecManager::draft_steps_locked() {
       if (depth_ == 0) {
         // Catch up with the committed text; a proposing step also reads the pending token
         // and proposes depth 1 from its logits. Otherwise the last token waits for that step.
-        const int have = r.ssm_computed[s], total = static_cast<int>(r.tokens.size());
+        const int total = static_cast<int>(r.tokens.size());
+        // A proposing step needs the pending token's logits: re-read it if already cached.
+        const int have = rd.spec ? std::min(r.ssm_computed[s], total - 1) : r.ssm_computed[s];
         const int n = std::min(rd.spec ? total - have : total - 1 - have, budget);
         if (n <= 0) continue;
         for (int i = 0; i < n; i++) push_plain(b, r.tokens[have + i], have + i, r.slot);
@@ -166,12 +204,17 @@ StepBatch SpecManager::verify_step_locked() {
       if (pass == 0) {
         if (rd.spec && rd.sampling) {
           rd.merged = merge_trees(rd.trees, rd.room, &rd.where);
-          // All or nothing: dropping some drafts by value would bias the verifier.
-          if (rd.merged.size() + 1 > budget) rd.spec = false;
+          // The plan made room for it; dropping drafts by value here would bias the verifier.
+          if (rd.merged.size() + 1 > budget) {
+            FFS_WARN("spec", "verify budget short of its plan; request decodes without speculation");
+            rd.spec = false;
+          }
         } else if (rd.spec) {
           rd.merged = merge_trees(rd.trees, rd.room);
           rd.merged.truncate(budget - 1);
         }
+        // No SSM proposed anything (e.g. its token budget went to prefill): a plain step.
+        if (rd.spec && rd.merged.empty()) rd.spec = false;
         push_plain(b, r.tokens[r.num_computed], r.num_computed, r.slot);
         SampleSpec sp = sample_spec(r);
         if (rd.spec) {
@@ -321,8 +364,9 @@ void SpecManager::update_verify_locked(const StepBatch &, const StepResult &res)
           for (int c : it->second)
             if (rd.where[s][c] >= 0) attempts[u + 1].push_back({rd.where[s][c], &rd.q[s].at(src)});
         }
-      commit_verdict_locked(r, L, verify_sampling(rd.merged, attempts, p, [&] { return next_uniform_locked(r); },
-                                                  shape_.verifier));
+      Verdict v = verify_sampling(rd.merged, attempts, p, [&] { return next_uniform_locked(r); }, shape_.verifier);
+      adapt_depth_locked(r, rd, v);
+      commit_verdict_locked(r, L, v);
       continue;
     }
     std::vector<int32_t> choice(res.tokens.begin() + e.first_row, res.tokens.begin() + e.first_row + e.num_rows);
@@ -331,9 +375,18 @@ void SpecManager::update_verify_locked(const StepBatch &, const StepResult &res)
       plain.emitted = {choice[0]};
       commit_verdict_locked(r, L, plain);
     } else {
-      commit_verdict_locked(r, L, verify_greedy(rd.merged, choice));
+      Verdict v = verify_greedy(rd.merged, choice);
+      adapt_depth_locked(r, rd, v);
+      commit_verdict_locked(r, L, v);
     }
   }
+}
+
+void SpecManager::adapt_depth_locked(Request &r, const Round &rd, const Verdict &v) {
+  int drafted = 0;
+  for (const TreeNode &n : rd.merged.nodes()) drafted = std::max(drafted, n.depth);
+  const int accepted = static_cast<int>(v.accepted.size());
+  r.spec_depth = accepted >= drafted ? std::min(shape_.max_depth, 2 * std::max(1, drafted)) : accepted + 1;
 }
 
 void SpecManager::commit_verdict_locked(Request &r, int L, const Verdict &v) {

@@ -64,6 +64,7 @@ class SpecManager : public RequestManager {
   std::vector<StepBatch> draft_steps_locked();
   StepBatch verify_step_locked();
   void start_round_locked();
+  void plan_budget_locked();
   void update_draft_locked(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results);
   void update_verify_locked(const StepBatch &batch, const StepResult &result);
   void draft_sampled_locked(Request &r, Round &rd, int s, int depth, const std::vector<const float *> &rows);
@@ -71,6 +72,7 @@ class SpecManager : public RequestManager {
   // Emits a verdict's tokens (stopping at EOS / limits) and queues the K/V moves of its
   // accepted tree tokens, whose pending token sat at cache position L.
   void commit_verdict_locked(Request &r, int L, const Verdict &v);
+  void adapt_depth_locked(Request &r, const Round &rd, const Verdict &v);
 
   SpecModel llm_;
   std::vector<SpecModel> ssms_;

@@ -24,6 +24,10 @@ struct TreeShape {
   std::vector<int> widths = {1, 1, 3};  // nodes at depth 1, 2, ...; the last repeats
   int max_tree_tokens = kMaxTreeTokens;
   Verifier verifier = Verifier::Mss;
+  // Per request, the next round drafts accepted + 1 levels after a rejection and twice as
+  // many after a round accepted in full (at most max_depth): a poor SSM costs little, a good
+  // one keeps the full depth. Depends only on past rounds, so outputs stay exact.
+  bool adaptive_depth = true;
 
   int width_at(int depth) const;  // depth >= 1
   static TreeShape chain(int depth);

@@ -325,6 +325,31 @@ static void test_spec_commit_positions() {
   EXPECT(steps[0].tokens[0] == 11 && steps[0].positions[0] == 5);
 }
 
+// A sampled request whose SSM had no token budget left this round (another request's
+// prompt took it) must decode by sampling, not by the greedy path a tree would use.
+static void test_spec_sampled_without_tree_still_samples() {
+  ServeLimits llm_lim{2, 64, 64, 100}, ssm_lim{2, 64, 4, 100};
+  SpecManager sm({1, llm_lim}, {{2, ssm_lim}}, TreeShape(), nullptr);
+  RequestParams greedy, sampled;
+  greedy.max_new_tokens = sampled.max_new_tokens = 5;
+  sampled.do_sample = true;
+  sampled.temperature = 0.8f;
+  sm.submit(std::vector<int32_t>(20, 7), greedy);  // prefilling: its SSM catch-up takes all 4 tokens
+  sm.submit({9}, sampled);                         // one-token prompt: decoding from the start
+  std::vector<StepBatch> steps = sm.next_steps();
+  EXPECT(steps.size() == 1 && steps[0].model_id == 2 && steps[0].num_tokens() == 4 && steps[0].num_rows() == 0);
+  sm.update(steps, {StepResult()});
+  steps = sm.next_steps();  // verify
+  EXPECT(steps.size() == 1 && steps[0].model_id == 1);
+  bool found = false;
+  for (size_t i = 0; i < steps[0].num_rows(); i++)
+    if (steps[0].tokens[steps[0].logit_rows[i]] == 9) {
+      found = true;
+      EXPECT(steps[0].samples[i].do_sample == 1 && steps[0].samples[i].want_logits == 0);
+    }
+  EXPECT(found);
+}
+
 // MSS on a one-node tree with known p and q: the emitted token's distribution is p.
 static void test_mss_exact_on_a_small_case() {
   TokenTree t;
@@ -363,6 +388,7 @@ int main() {
   test_spec_round();
   test_spec_commit_positions();
   test_mss_exact_on_a_small_case();
+  test_spec_sampled_without_tree_still_samples();
   test_chunked_prefill_and_decode();
   test_slots_and_eos();
   test_max_seq_length_and_errors();

@@ -83,6 +83,7 @@ typedef struct {
   int32_t widths[16];
   int32_t max_tree_tokens;
   int32_t verifier; /* 0: multi-step speculative sampling; 1: argmax-match, deliberately biased (tests) */
+  int32_t adaptive_depth; /* 1: per request, draft accepted+1 levels after a rejection, double after a full accept */
 } ffs_tree_params_t;
 
 /* Compile the LLM for speculative inference with already compiled SSMs (same vocabulary).
