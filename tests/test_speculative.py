@@ -114,3 +114,34 @@ def test_speculation_settings_are_checked(runtime, smollm2_dir, random_ssm_dir):
     other.compile(ff.GenerationConfig(), max_requests_per_batch=1, max_seq_length=64, max_tokens_per_batch=16)
     with pytest.raises(ValueError, match="vocabulary"):
         llm.compile(ff.GenerationConfig(), ssms=[other])
+
+
+def test_tight_budget_mixed_requests(runtime, smollm2_dir, random_ssm_dir, smollm2, smollm2_tokenizer):
+    """A 16-token verify budget shared by a long prompt being prefilled and several requests
+    speculating (greedy and sampled): nobody starves and greedy output equals incremental. A
+    seeded sampled request repeats exactly when run the same way (alone); in speculative mode
+    its sample path depends on the trees drafted, which depend on what shares the batch."""
+    long_prompt = ("In the beginning of the twentieth century, the small coastal town was known mostly for its "
+                   "fishing fleet, its lighthouse, and a bakery whose bread")
+    prompts = [PROMPTS[1], long_prompt, PROMPTS[2]]
+    expected = [r.output_tokens for r in smollm2.generate(prompts, max_new_tokens=24)]
+    sampled_cfg = ff.GenerationConfig(do_sample=True, temperature=0.8, topp=0.95, topk=0, seed=42)
+    ssm = ff.SSM(str(smollm2_dir), data_type=ff.DataType.DT_HALF)
+    ssm.compile(ff.GenerationConfig(), max_requests_per_batch=4, max_seq_length=256, max_tokens_per_batch=16)
+    llm = ff.LLM(str(smollm2_dir), data_type=ff.DataType.DT_FLOAT)
+    llm.compile(ff.GenerationConfig(), max_requests_per_batch=4, max_seq_length=256, max_tokens_per_batch=16,
+                ssms=[ssm], speculation=ff.SpeculationConfig())
+    import threading
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "sampled", llm.generate(PROMPTS[3], max_new_tokens=24, generation_config=sampled_cfg)))
+    t.start()
+    got = llm.generate(prompts, max_new_tokens=24)
+    t.join(timeout=300)
+    assert [r.output_tokens for r in got] == expected
+    assert len(out["sampled"].output_tokens) == 24
+    alone = [llm.generate(PROMPTS[3], max_new_tokens=24, generation_config=sampled_cfg).output_tokens
+             for _ in range(2)]
+    assert alone[0] == alone[1] and len(alone[0]) == 24
+    # Speculation still happened under the tight budget.
+    assert sum(r.llm_decoding_steps for r in got) < sum(len(r.output_tokens) for r in got)
