@@ -50,7 +50,7 @@ def bench_hf(model_dir, batch, new_tokens, repeats):
     for b in batch:
         enc = tok([PROMPT] * b, return_tensors="pt")
 
-        def gen(n):
+        def gen(n, enc=enc):
             with torch.no_grad():
                 return model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                       pad_token_id=tok.eos_token_id)
@@ -82,7 +82,8 @@ def main():
     ours = bench_ours(model_dir, args.batch, args.new_tokens, args.repeats, args.num_cpus)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"torch {torch.__version__} threads={torch.get_num_threads()}")
-    print(f"{'batch':>5} {'ours prefill ms':>16} {'hf prefill ms':>14} {'ours tok/s':>11} {'hf tok/s':>9} {'speedup':>8}")
+    print(f"{'batch':>5} {'ours prefill ms':>16} {'hf prefill ms':>14} {'ours tok/s':>11} {'hf tok/s':>9} "
+          f"{'speedup':>8}")
     for b in args.batch:
         o, h = ours[b], hf[b]
         print(f"{b:>5} {o['prefill_ms']:>16.1f} {h['prefill_ms']:>14.1f} {o['decode_tok_s']:>11.1f} "

@@ -57,7 +57,8 @@ def main():
     ref, tps, spt, acc = run(inc, prompts, args.new_tokens)
     rows = [("incremental", "-", tps, spt, acc)]
     del inc
-    for ssm_name, kinds in (("(a) random tiny", ["rand"]), ("(b) SmolLM2 fp16", ["fp16"]), ("(c) both", ["rand", "fp16"])):
+    ssm_sets = (("(a) random tiny", ["rand"]), ("(b) SmolLM2 fp16", ["fp16"]), ("(c) both", ["rand", "fp16"]))
+    for ssm_name, kinds in ssm_sets:
         for shape_name, shape in SHAPES.items():
             ssms = []
             for k in kinds:
@@ -72,7 +73,7 @@ def main():
             assert [r.output_tokens for r in res] == [r.output_tokens for r in ref], "speculative output differs"
             rows.append((ssm_name, shape_name, tps, spt, acc))
             del llm, ssms
-    print(f"| SSM | tree shape | tokens/s | LLM steps per token | tokens per LLM step |")
+    print("| SSM | tree shape | tokens/s | LLM steps per token | tokens per LLM step |")
     print("|---|---|---:|---:|---:|")
     for name, shape, tps, spt, acc in rows:
         print(f"| {name} | {shape} | {tps:.1f} | {spt:.3f} | {acc:.2f} |")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_tiny_llama import N_DECODE, REL_TOL, hf_steps
 
 import flexflow_spec as ff
-from test_tiny_llama import N_DECODE, REL_TOL, hf_steps
 
 PROMPT = [1, 17, 33, 5, 60, 61, 9, 90, 44, 3, 12]
 

@@ -122,7 +122,8 @@ def test_prompt_longer_than_max_seq_length(tiny_llm, reference_tokens):
 
 def test_invalid_generation_settings(tiny_llm, reference_tokens):
     with pytest.raises(ValueError, match="temperature"):
-        tiny_llm.generate([1, 2], max_new_tokens=2, generation_config=ff.GenerationConfig(do_sample=True, temperature=0))
+        tiny_llm.generate([1, 2], max_new_tokens=2,
+                          generation_config=ff.GenerationConfig(do_sample=True, temperature=0))
     with pytest.raises(ValueError, match="topp"):
         tiny_llm.generate([1, 2], max_new_tokens=2, generation_config=ff.GenerationConfig(do_sample=True, topp=1.5))
     with pytest.raises(ValueError, match="topk"):

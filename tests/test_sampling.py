@@ -39,7 +39,8 @@ def test_first_token_distribution(runtime, tmp_path, temperature, topk):
     path = make_tiny_llama(tmp_path / "m", vocab_size=16, initializer_range=0.3, seed=3)
     prompt = [1, 7, 3]
     with torch.no_grad():
-        logits = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)(torch.tensor([prompt])).logits[0, -1]
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        logits = model(torch.tensor([prompt])).logits[0, -1]
     z = logits.double() / temperature
     if topk:
         kth = torch.topk(z, topk).values[-1]

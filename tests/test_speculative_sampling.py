@@ -70,10 +70,10 @@ def sample_joint(llm_dir, ssm_dirs, temperature, topp, verifier) -> np.ndarray:
                                                             verifier=verifier))
     counts = np.zeros((VOCAB, VOCAB))
     steps = 0
-    for start in range(0, N, 1000):
+    for _ in range(N // 1000):
         results = llm.generate([PROMPT] * 1000, max_new_tokens=3, generation_config=ff.GenerationConfig(
             do_sample=True, temperature=temperature, topp=topp, topk=0, seed=None))
-        for i, r in enumerate(results):
+        for r in results:
             counts[r.output_tokens[0], r.output_tokens[1]] += 1
             steps += r.llm_decoding_steps
     # Speculation did happen: fewer LLM steps than tokens.

@@ -1,7 +1,15 @@
 """flexflow_spec: LLM serving with speculative inference and token tree verification,
 on a C++ runtime built on Legion."""
-from .errors import (CheckpointError, FlexFlowSpecError, InternalError, InvalidArgumentError,
-                     ModelNotFoundError, OutOfMemoryError, StateError, UnsupportedModelError)
+from .errors import (
+                     CheckpointError,
+                     FlexFlowSpecError,
+                     InternalError,
+                     InvalidArgumentError,
+                     ModelNotFoundError,
+                     OutOfMemoryError,
+                     StateError,
+                     UnsupportedModelError,
+)
 from .runtime import init
 from .serve import LLM, SSM, DataType, GenerationConfig, GenerationResult, SpeculationConfig
 

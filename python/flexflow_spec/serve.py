@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import enum
-import json
-import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import runtime
 from ._lib import check, ffi, lib
-from .errors import InvalidArgumentError, ModelNotFoundError, StateError
+from .errors import InvalidArgumentError, StateError
 from .resolve import resolve_model
 
 
@@ -62,7 +61,7 @@ class SpeculationConfig:
     adaptive_depth: bool = True
 
     @classmethod
-    def chain(cls, depth: int = 8, **kw) -> "SpeculationConfig":
+    def chain(cls, depth: int = 8, **kw) -> SpeculationConfig:
         return cls(max_depth=depth, widths=(1,), max_tree_tokens=max(depth, 1), **kw)
 
     def validate(self) -> None:
@@ -108,7 +107,7 @@ def _load_tokenizer(path: Path):
             return AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # a checkpoint without a usable tokenizer can still run token ids
         import warnings
-        warnings.warn(f"flexflow_spec: no tokenizer loaded for {path}: {e}")
+        warnings.warn(f"flexflow_spec: no tokenizer loaded for {path}: {e}", stacklevel=3)
     return None
 
 
