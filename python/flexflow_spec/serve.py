@@ -235,7 +235,8 @@ class LLM:
         """Generate for one prompt (returns a GenerationResult) or a list (returns a list).
 
         A prompt is a string (tokenized with the checkpoint's tokenizer, BOS as it adds it),
-        a list of token ids (used exactly as given), or chat messages. ignore_eos=True runs
+        a list of token ids (used exactly as given), or chat messages. generation_config is one
+        GenerationConfig for all prompts or a list with one per prompt. ignore_eos=True runs
         every request to its length limit (benchmarks); return_logits=True keeps the logits
         behind each generated token in result.logits.
         """
@@ -249,14 +250,23 @@ class LLM:
         for name, val in (("max_length", max_length), ("max_new_tokens", max_new_tokens)):
             if isinstance(val, bool) or not isinstance(val, int) or val < -1:
                 raise InvalidArgumentError(f"{name} must be an integer >= 0 (or -1 for no limit), got {val!r}")
-        gc = generation_config or self.generation_config
-        gc.validate()
+        if isinstance(generation_config, (list, tuple)):
+            if len(generation_config) != len(batch):
+                raise InvalidArgumentError(f"generation_config: got {len(generation_config)} configs for "
+                                           f"{len(batch)} prompts (give one, or one per prompt)")
+            configs = list(generation_config)
+        else:
+            configs = [generation_config or self.generation_config] * len(batch)
+        for gc in configs:
+            if not isinstance(gc, GenerationConfig):
+                raise InvalidArgumentError(f"generation_config must be a GenerationConfig, got {type(gc).__name__}")
+            gc.validate()
         if return_logits and self.ssms:
             raise InvalidArgumentError("return_logits is only available without speculation (ssms)")
         encoded = [self._encode(p) for p in batch]
         guids = []
         try:
-            for _, ids in encoded:
+            for (_, ids), gc in zip(encoded, configs):
                 guids.append(self._submit(ids, gc, max_length, max_new_tokens, return_logits, ignore_eos))
         except Exception:
             for g in guids:  # do not leave half a batch running unseen
