@@ -140,6 +140,25 @@ ffs_status_t ffs_model_stats(ffs_model_t model, ffs_model_stats_t *out);
 
 /* Forget a finished request. */
 ffs_status_t ffs_request_release(ffs_model_t model, uint64_t guid);
+
+/* Model names: a checkpoint directory, a .gguf file, or a Hugging Face id ("org/name") found
+ * in the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub) and then in
+ * cache_folder (NULL or "": FF_CACHE_PATH, else ~/.cache/flexflow_spec), as
+ * <cache>/<org>/<name> or <cache>/models--org--name/snapshots/<rev>. Writes the path
+ * (NUL-terminated) to out; FFS_ERR_NOT_FOUND lists every place looked at. */
+ffs_status_t ffs_resolve_model(const char *name, const char *cache_folder, char *out, size_t capacity);
+
+typedef struct ffs_tokenizer_s *ffs_tokenizer_t;
+/* A checkpoint directory, tokenizer.json, tokenizer.model or .gguf file. */
+ffs_status_t ffs_tokenizer_load(const char *path, ffs_tokenizer_t *out);
+void ffs_tokenizer_free(ffs_tokenizer_t tok);
+/* Writes min(capacity, n) ids; *num_tokens = n (call again with a larger buffer if needed). */
+ffs_status_t ffs_tokenizer_encode(ffs_tokenizer_t tok, const char *text, size_t len, int32_t add_special_tokens,
+                                  int32_t *ids, int32_t capacity, int32_t *num_tokens);
+/* Writes min(capacity, n) bytes of UTF-8 (not NUL-terminated); *len = n. */
+ffs_status_t ffs_tokenizer_decode(ffs_tokenizer_t tok, const int32_t *ids, int32_t num_ids,
+                                  int32_t skip_special_tokens, char *text, size_t capacity, size_t *len);
+int32_t ffs_tokenizer_vocab_size(ffs_tokenizer_t tok);
 /* cffi-end */
 
 #ifdef __cplusplus
