@@ -7,6 +7,7 @@
 #include <new>
 #include <string>
 
+#include "c/c_api_util.h"
 #include "flexflow_spec/c/flexflow_spec.h"
 #include "models/llama.h"
 #include "runtime/engine.h"
@@ -19,32 +20,8 @@ struct ffs_model_s {
 
 namespace {
 
-thread_local std::string g_last_error;
-
-template <typename F>
-ffs_status_t guarded(F &&f) {
-  try {
-    g_last_error.clear();
-    f();
-    return FFS_OK;
-  } catch (const ffspec::Error &e) {
-    g_last_error = e.what();
-    return e.status();
-  } catch (const std::bad_alloc &) {
-    g_last_error = "out of host memory";
-    return FFS_ERR_OUT_OF_MEMORY;
-  } catch (const std::exception &e) {
-    g_last_error = std::string("internal error: ") + e.what();
-    return FFS_ERR_INTERNAL;
-  } catch (...) {
-    g_last_error = "internal error";
-    return FFS_ERR_INTERNAL;
-  }
-}
-
-void require(bool cond, const char *what) {
-  if (!cond) ffspec::fail(FFS_ERR_INVALID_ARGUMENT, what);
-}
+using ffspec::capi::guarded;
+using ffspec::capi::require;
 
 ffspec::ServeLimits limits_from(ffs_model_t m, const ffs_compile_params_t *p) {
   if (p->max_requests_per_batch < 1 || p->max_requests_per_batch > 4096)
@@ -76,9 +53,14 @@ ffspec::RequestManager &manager_of(ffs_model_t m) {
 
 }  // namespace
 
+std::string &ffspec::capi::last_error() {
+  thread_local std::string msg;
+  return msg;
+}
+
 extern "C" {
 
-const char *ffs_last_error(void) { return g_last_error.c_str(); }
+const char *ffs_last_error(void) { return ffspec::capi::last_error().c_str(); }
 
 ffs_status_t ffs_runtime_init(int argc, const char **argv) {
   return guarded([&] {
