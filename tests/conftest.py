@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-import flexflow_spec as ff
-from flexflow_spec.fixtures import fixtures_dir, smollm2_gguf, smollm2_hf_dir
+# Tests never wait on a model hub: a Hugging Face id missing from the caches fails at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import flexflow_spec as ff  # noqa: E402
+from flexflow_spec.fixtures import fixtures_dir, smollm2_gguf, smollm2_hf_dir  # noqa: E402
 
 PROMPTS = [
     "Three tips for staying healthy are: ",

@@ -1,10 +1,15 @@
-"""Model name -> local path: a checkpoint directory, a .gguf file, or a HF id found in the
-local Hugging Face cache or in our cache folder. Nothing is downloaded here."""
+"""Model name -> local path: a checkpoint directory, a .gguf file, or a Hugging Face id found
+in the local Hugging Face cache or in our cache folder. The lookup is the C++ core's
+(ffs_resolve_model), the same one the spec_infer / incr_decoding binaries use. When the id is
+nowhere on disk and download=True, huggingface_hub fetches it into the Hugging Face cache
+(with its progress bar), unless HF_HUB_OFFLINE=1; without a reachable hub the error says
+where we looked."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from ._lib import check, ffi, lib
 from .errors import ModelNotFoundError
 
 
@@ -15,37 +20,38 @@ def cache_folder(cache_path: str = "") -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "flexflow_spec"
 
 
-def _hf_hub_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("HF_HUB_CACHE"):
-        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
-    if os.environ.get("HF_HOME"):
-        dirs.append(Path(os.environ["HF_HOME"]) / "hub")
-    dirs.append(Path.home() / ".cache" / "huggingface" / "hub")
-    return dirs
+def _lookup(name: str, cache_path: str) -> Path:
+    buf = ffi.new("char[]", 4096)
+    check(lib.ffs_resolve_model(name.encode(), str(cache_path or "").encode(), buf, 4096))
+    return Path(ffi.string(buf).decode())
 
 
-def resolve_model(name: str, cache_path: str = "") -> Path:
+def _download(name: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        path = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt"])
+    except Exception:  # offline, unknown repo, gated: the lookup error explains what to do
+        return None
+    return Path(path)
+
+
+def resolve_model(name: str | os.PathLike, cache_path: str = "", download: bool | None = None) -> Path:
+    """download: None = try the hub unless HF_HUB_OFFLINE=1 (the test suite sets it, so tests
+    never wait on a hub); True / False force it."""
     if not isinstance(name, (str, os.PathLike)) or not str(name):
         raise ModelNotFoundError(f"model name must be a non-empty path or id, got {name!r}")
-    p = Path(name).expanduser()
-    if p.exists():
-        return p.resolve()
-    looked = [str(p)]
-    if "/" in str(name) and not str(name).startswith(("/", ".", "~")):
-        repo = "models--" + str(name).replace("/", "--")
-        for hub in _hf_hub_dirs():
-            snaps = hub / repo / "snapshots"
-            looked.append(str(snaps))
-            if snaps.is_dir():
-                cands = sorted(snaps.iterdir(), key=lambda d: d.stat().st_mtime, reverse=True)
-                for c in cands:
-                    if (c / "config.json").exists():
-                        return c.resolve()
-        ours = cache_folder(cache_path) / "models" / str(name)
-        looked.append(str(ours))
-        if (ours / "config.json").exists():
-            return ours.resolve()
-    raise ModelNotFoundError(
-        f"model {name!r} not found; looked in: {', '.join(looked)}. Give a local checkpoint directory "
-        "(config.json + *.safetensors), a .gguf file, or download the model into the Hugging Face cache.")
+    name = str(name)
+    try:
+        return _lookup(name, cache_path)
+    except ModelNotFoundError:
+        if download is None:
+            download = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes")
+        is_id = name.count("/") == 1 and not name.startswith(("/", ".", "~"))
+        if download and is_id:
+            got = _download(name)
+            if got is not None and (got / "config.json").exists():
+                return got
+        raise

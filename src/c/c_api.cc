@@ -13,6 +13,7 @@
 #include "runtime/engine.h"
 #include "util/error.h"
 #include "weights/checkpoint.h"
+#include "weights/resolve.h"
 
 struct ffs_model_s {
   ffspec::ModelHandle handle;
@@ -247,6 +248,16 @@ ffs_status_t ffs_request_get_logits(ffs_model_t m, uint64_t guid, float *logits,
 ffs_status_t ffs_request_release(ffs_model_t m, uint64_t guid) {
   return guarded([&] {
     if (!manager_of(m).release(guid)) ffspec::fail(FFS_ERR_STATE, "request is unknown or still running");
+  });
+}
+
+ffs_status_t ffs_resolve_model(const char *name, const char *cache_folder, char *out, size_t capacity) {
+  return guarded([&] {
+    require(name != nullptr && out != nullptr, "bad arguments to ffs_resolve_model");
+    const std::string path = ffspec::resolve_model(name, cache_folder ? cache_folder : "");
+    if (path.size() + 1 > capacity)
+      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "path buffer too small: need " + std::to_string(path.size() + 1) + " bytes");
+    std::memcpy(out, path.c_str(), path.size() + 1);
   });
 }
 
