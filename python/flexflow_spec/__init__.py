@@ -12,11 +12,12 @@ from .errors import (
 )
 from .runtime import init
 from .serve import LLM, SSM, DataType, GenerationConfig, GenerationResult, SpeculationConfig
+from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "init", "LLM", "SSM", "SpeculationConfig", "DataType", "GenerationConfig", "GenerationResult",
+    "init", "LLM", "SSM", "Tokenizer", "SpeculationConfig", "DataType", "GenerationConfig", "GenerationResult",
     "FlexFlowSpecError", "InvalidArgumentError", "ModelNotFoundError", "CheckpointError",
     "UnsupportedModelError", "OutOfMemoryError", "StateError", "InternalError",
 ]
