@@ -49,21 +49,43 @@ Json bos_eos_template(const std::string &bos, bool add_bos, const std::string &e
   return Json::parse("{\"type\":\"TemplateProcessing\",\"single\":" + single + "}", "post-processor template");
 }
 
-// transformers' generate_merges for a vocabulary without merges: every split of every piece
-// into two pieces, ordered by the piece's id, then by the left part's length.
-std::vector<std::pair<std::string, std::string>> merges_from_pieces(const std::vector<std::string> &pieces) {
+// Merges for a SentencePiece BPE vocabulary (which has none): every split of every piece into
+// two pieces. Without scores (transformers' generate_merges, what LlamaTokenizer builds from
+// tokenizer.model): ordered by the piece's id, then by the left part's length. With scores
+// (the converter that wrote the original Llama-2 / Mistral tokenizer.json): by score,
+// highest first, ties in piece order, splits of one piece by the parts' ids.
+std::vector<std::pair<std::string, std::string>> merges_from_pieces(const std::vector<std::string> &pieces,
+                                                                    const std::vector<double> *scores) {
   std::unordered_map<std::string, int32_t> ids;
   for (size_t i = 0; i < pieces.size(); i++) ids.emplace(pieces[i], static_cast<int32_t>(i));
-  std::vector<std::pair<std::string, std::string>> merges;
-  for (const std::string &p : pieces) {
+  struct M {
+    std::string l, r;
+    double score;
+  };
+  std::vector<M> merges;
+  std::vector<M> local;
+  for (size_t k = 0; k < pieces.size(); k++) {
+    const std::string &p = pieces[k];
+    local.clear();
     for (size_t i = 0; i < p.size();) {
       decode_utf8(p, i);
       if (i >= p.size()) break;
       std::string l = p.substr(0, i), r = p.substr(i);
-      if (ids.count(l) && ids.count(r)) merges.emplace_back(std::move(l), std::move(r));
+      if (ids.count(l) && ids.count(r)) local.push_back({std::move(l), std::move(r), scores ? (*scores)[k] : 0.0});
     }
+    if (scores)
+      std::stable_sort(local.begin(), local.end(), [&](const M &x, const M &y) {
+        int32_t xl = ids[x.l], yl = ids[y.l];
+        return xl != yl ? xl < yl : ids[x.r] < ids[y.r];
+      });
+    for (M &m : local) merges.push_back(std::move(m));
   }
-  return merges;
+  if (scores)
+    std::stable_sort(merges.begin(), merges.end(), [](const M &x, const M &y) { return x.score > y.score; });
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(merges.size());
+  for (M &m : merges) out.emplace_back(std::move(m.l), std::move(m.r));
+  return out;
 }
 
 // ---- protobuf (tokenizer.model) ---------------------------------------------------------
@@ -413,7 +435,7 @@ TokenizerSpec spec_from_sentencepiece(const std::string &file, const Json &confi
       spec.added.push_back(a);
     }
   }
-  spec.model.merges = merges_from_pieces(names);
+  spec.model.merges = merges_from_pieces(names, nullptr);
   spec.model.byte_fallback = true;
   spec.model.fuse_unk = true;
   auto name_of = [&](int32_t id) { return id >= 0 && static_cast<size_t>(id) < names.size() ? names[id] : std::string(); };
@@ -471,13 +493,18 @@ TokenizerSpec spec_from_gguf(const std::string &file) {
   std::string bos = spec.bos_id >= 0 && static_cast<size_t>(spec.bos_id) < tokens.size() ? tokens[spec.bos_id] : "";
   std::string eos = spec.eos_id >= 0 && static_cast<size_t>(spec.eos_id) < tokens.size() ? tokens[spec.eos_id] : "";
   if (kind == "llama") {
-    spec.model.merges = merges_from_pieces(tokens);
+    auto &scores = m.number_arrays["tokenizer.ggml.scores"];
+    if (scores.size() != tokens.size()) fail(FFS_ERR_BAD_CHECKPOINT, file + ": tokenizer.ggml.scores missing or of the wrong length");
+    spec.model.merges = merges_from_pieces(tokens, &scores);
     spec.model.byte_fallback = true;
     spec.model.fuse_unk = true;
+    // As the original Llama-2 / Mistral tokenizer.json (what llama.cpp's expected outputs
+    // come from): a "\u2581" prepended to each piece of text, spaces replaced.
     bool prefix = num("tokenizer.ggml.add_space_prefix", 1) != 0;
-    spec.pre_tokenizer = Json::parse(std::string(R"({"type":"Metaspace","replacement":")") + kMetaspace +
-                                         R"(","prepend_scheme":")" + (prefix ? "first" : "never") + R"(","split":false})",
-                                     "metaspace");
+    std::string replace = std::string(R"({"type":"Replace","pattern":{"String":" "},"content":")") + kMetaspace + "\"}";
+    std::string norm = R"({"type":"Sequence","normalizers":[)";
+    if (prefix) norm += std::string(R"({"type":"Prepend","prepend":")") + kMetaspace + "\"},";
+    spec.normalizer = Json::parse(norm + replace + "]}", "normalizer");
     spec.decoder = Json::parse(std::string(R"({"type":"Sequence","decoders":[{"type":"Replace","pattern":{"String":")") +
                                    kMetaspace + R"("},"content":" "},{"type":"ByteFallback"},{"type":"Fuse"})" +
                                    (prefix ? R"(,{"type":"Strip","content":" ","start":1,"stop":0})" : "") + "]}",
