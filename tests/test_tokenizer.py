@@ -199,6 +199,21 @@ def test_tiny_regex_and_added_token_rules(tmp_path):
 
 # ---- streaming decode -------------------------------------------------------------------
 
-def test_stream_decoder_cpp_suite():
-    """StreamDecoder is C++ only: its unit test runs in tests/cpp (test_tokenizer)."""
-    pytest.importorskip("subprocess")
+def test_stream_decoder_cpp_suite(smollm2_dir, smollm2_gguf_path):
+    """StreamDecoder is C++ only: tests/cpp/test_tokenizer streams encoded texts and random
+    ids (byte tokens splitting characters, specials) through it for each tokenizer."""
+    import os
+    import re
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    dirs = [Path(os.environ["FFS_BUILD_DIR"])] if os.environ.get("FFS_BUILD_DIR") else [root / "build"]
+    exe = next((e for d in dirs for e in sorted(d.glob("**/tests/cpp/test_tokenizer"))), None)
+    if exe is None:
+        pytest.fail("tests/cpp/test_tokenizer not found under build/ (or FFS_BUILD_DIR): build the project first")
+    args = [smollm2_dir / "tokenizer.json", smollm2_gguf_path, mistral_spm_dir(),
+            mistral_spm_hf_dir() / "tokenizer.json"]
+    out = subprocess.run([str(exe)] + [str(a) for a in args], capture_output=True, text=True, timeout=300)
+    m = re.search(r"(\d+) passed, (\d+) failed", out.stdout)
+    assert m, out.stdout + out.stderr
+    assert out.returncode == 0 and int(m.group(2)) == 0, out.stdout
+    assert int(m.group(1)) >= 400
