@@ -152,10 +152,14 @@ class JsonParser {
         case 'u': {
           uint32_t cp = hex4();
           if (cp >= 0xD800 && cp < 0xDC00 && t_.compare(i_, 2, "\\u") == 0) {
+            size_t save = i_;
             i_ += 2;
             uint32_t lo = hex4();
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            if (lo >= 0xDC00 && lo < 0xE000) cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            else i_ = save;  // not a pair: the next escape stands alone
           }
+          // A lone surrogate has no UTF-8 form: U+FFFD keeps the text valid.
+          if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD;
           put_utf8(out, cp);
           break;
         }
