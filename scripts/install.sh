@@ -19,7 +19,7 @@ echo "[install] Python dependencies"
 # torch first, pinned, so nothing below pulls a CUDA build.
 $PY -m pip install -q "torch==2.13.0"
 $PY -m pip install -q "scikit-build-core>=0.10" "cffi>=1.16" cmake ninja numpy "transformers>=4.45" "gguf>=0.10" \
-  accelerate safetensors scipy pytest
+  accelerate safetensors scipy pytest sentencepiece protobuf
 
 echo "[install] Legion (cached; the first build takes 11-18 minutes on 2 cores)"
 $PY cmake/legion_cache.py
