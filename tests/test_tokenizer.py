@@ -59,17 +59,6 @@ def _hf_json(path: Path):
     return Tokenizer.from_file(str(path))
 
 
-def _hf_smollm2_original(path: Path):
-    """SmolLM2's tokenizer as published (digits split one by one, as the GGUF's "smollm"
-    pre-tokenizer says). transformers' GGUF conversion (the fixture's tokenizer.json) drops
-    the Digits step, so the GGUF is compared with the json patched back."""
-    from tokenizers import Tokenizer
-    cfg = json.loads(path.read_text())
-    cfg["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True}, cfg["pre_tokenizer"]]}
-    return Tokenizer.from_str(json.dumps(cfg))
-
-
 def _hf_spm(path: Path):
     pytest.importorskip("sentencepiece")
     pytest.importorskip("google.protobuf")
@@ -80,7 +69,9 @@ def _hf_spm(path: Path):
 def _pairs(smollm2_dir, smollm2_gguf_path):
     return {
         "smollm2-json": (lambda: smollm2_dir / "tokenizer.json", lambda: _hf_json(smollm2_dir / "tokenizer.json")),
-        "smollm2-gguf": (lambda: smollm2_gguf_path, lambda: _hf_smollm2_original(smollm2_dir / "tokenizer.json")),
+        # The fixture's tokenizer.json is the GGUF's tokenizer (digit split restored, see
+        # flexflow_spec.fixtures), so both files must tokenize alike.
+        "smollm2-gguf": (lambda: smollm2_gguf_path, lambda: _hf_json(smollm2_dir / "tokenizer.json")),
         "mistral-spm-model": (mistral_spm_dir, lambda: _hf_spm(mistral_spm_dir())),
         "mistral-spm-json": (lambda: mistral_spm_hf_dir() / "tokenizer.json",
                              lambda: _hf_json(mistral_spm_hf_dir() / "tokenizer.json")),

@@ -405,8 +405,11 @@ int execute(const Options &o, Mode mode) {
     }
 
     std::vector<Outcome> outs(prompts.size());
+    std::vector<ffs_request_params_t> params(prompts.size());
+    std::vector<const int32_t *> tokens;
+    std::vector<int32_t> lens;
     for (size_t i = 0; i < prompts.size(); i++) {
-      ffs_request_params_t rp{};
+      ffs_request_params_t &rp = params[i];
       rp.max_new_tokens = o.max_new_tokens;
       rp.max_length = -1;
       rp.do_sample = o.do_sample;
@@ -417,9 +420,14 @@ int execute(const Options &o, Mode mode) {
       rp.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed) + i : 0;
       rp.num_eos_ids = -1;
       outs[i].prompt = encoded[i];
-      check(ffs_request_submit(llm.m, encoded[i].data(), static_cast<int32_t>(encoded[i].size()), &rp, &outs[i].guid),
-            "prompt " + std::to_string(i));
+      tokens.push_back(encoded[i].data());
+      lens.push_back(static_cast<int32_t>(encoded[i].size()));
     }
+    std::vector<uint64_t> guids(prompts.size());
+    check(ffs_request_submit_many(llm.m, static_cast<int32_t>(prompts.size()), tokens.data(), lens.data(),
+                                  params.data(), guids.data()),
+          "submitting the prompts");
+    for (size_t i = 0; i < prompts.size(); i++) outs[i].guid = guids[i];
     std::ofstream out;
     if (!o.output_file.empty()) out.open(o.output_file, std::ios::app);
     for (size_t i = 0; i < prompts.size(); i++) {

@@ -57,6 +57,7 @@ def smollm2_hf_dir() -> Path:
     dest = fixtures_dir() / "SmolLM2-135M-Instruct-hf"
     with _locked(dest):
         if (dest / "config.json").exists():
+            _restore_digit_split(dest / "tokenizer.json")
             return dest
         gguf = smollm2_gguf()
         import torch
@@ -70,5 +71,22 @@ def smollm2_hf_dir() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
+        _restore_digit_split(tmp / "tokenizer.json")
         os.replace(tmp, dest) if not dest.exists() else None
     return dest
+
+
+def _restore_digit_split(tokenizer_json: Path) -> None:
+    """SmolLM2's published tokenizer splits digits one by one (its GGUF says so with the
+    "smollm" pre-tokenizer); transformers' GGUF conversion drops that step. Put it back, so
+    the fixture tokenizes like the real model."""
+    import json
+    cfg = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    pre = cfg.get("pre_tokenizer") or {}
+    if "Digits" in json.dumps(pre):
+        return
+    cfg["pre_tokenizer"] = {"type": "Sequence",
+                            "pretokenizers": [{"type": "Digits", "individual_digits": True}, pre]}
+    part = tokenizer_json.with_suffix(".partial")
+    part.write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
+    os.replace(part, tokenizer_json)

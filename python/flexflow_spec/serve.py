@@ -264,35 +264,34 @@ class LLM:
         if return_logits and self.ssms:
             raise InvalidArgumentError("return_logits is only available without speculation (ssms)")
         encoded = [self._encode(p) for p in batch]
-        guids = []
-        try:
-            for (_, ids), gc in zip(encoded, configs):
-                guids.append(self._submit(ids, gc, max_length, max_new_tokens, return_logits, ignore_eos))
-        except Exception:
-            for g in guids:  # do not leave half a batch running unseen
-                self._collect(g, None, [], return_logits)
-            raise
+        guids = self._submit_many([ids for _, ids in encoded], configs, max_length, max_new_tokens, return_logits,
+                                  ignore_eos)
         results = [self._collect(g, text, ids, return_logits) for g, (text, ids) in zip(guids, encoded)]
         self._write_output_file(results)
         return results[0] if single else results
 
-    def _submit(self, ids, gc: GenerationConfig, max_length: int, max_new_tokens: int, return_logits: bool,
-                ignore_eos: bool) -> int:
-        p = ffi.new("ffs_request_params_t *")
-        p.max_new_tokens = max_new_tokens
-        p.max_length = max_length
-        p.do_sample = int(gc.do_sample)
-        p.temperature = float(gc.temperature)
-        p.topp = float(gc.topp)
-        p.topk = int(gc.topk) if gc.do_sample else 0
-        p.has_seed = int(gc.seed is not None)
-        p.seed = int(gc.seed or 0)
-        p.return_logits = int(return_logits)
-        p.num_eos_ids = 0 if ignore_eos else -1
-        arr = ffi.new("int32_t[]", ids)
-        guid = ffi.new("uint64_t *")
-        check(lib.ffs_request_submit(self._handle, arr, len(ids), p, guid))
-        return guid[0]
+    def _submit_many(self, prompts: list[list[int]], configs: list[GenerationConfig], max_length: int,
+                     max_new_tokens: int, return_logits: bool, ignore_eos: bool) -> list[int]:
+        """All prompts are validated, then queued together (one step can take them all)."""
+        n = len(prompts)
+        params = ffi.new("ffs_request_params_t[]", max(n, 1))
+        for p, gc in zip(params, configs):
+            p.max_new_tokens = max_new_tokens
+            p.max_length = max_length
+            p.do_sample = int(gc.do_sample)
+            p.temperature = float(gc.temperature)
+            p.topp = float(gc.topp)
+            p.topk = int(gc.topk) if gc.do_sample else 0
+            p.has_seed = int(gc.seed is not None)
+            p.seed = int(gc.seed or 0)
+            p.return_logits = int(return_logits)
+            p.num_eos_ids = 0 if ignore_eos else -1
+        arrays = [ffi.new("int32_t[]", ids) for ids in prompts]
+        tokens = ffi.new("int32_t *[]", arrays)
+        lens = ffi.new("int32_t[]", [len(ids) for ids in prompts])
+        guids = ffi.new("uint64_t[]", max(n, 1))
+        check(lib.ffs_request_submit_many(self._handle, n, tokens, lens, params, guids))
+        return list(guids[0:n])
 
     def _collect(self, guid: int, text, ids, return_logits: bool) -> GenerationResult:
         res = ffi.new("ffs_request_result_t *")

@@ -52,6 +52,31 @@ ffspec::RequestManager &manager_of(ffs_model_t m) {
   return *m->handle.manager;
 }
 
+ffspec::RequestParams params_from(ffs_model_t m, const ffs_request_params_t &p) {
+  ffspec::RequestParams rp;
+  rp.max_new_tokens = p.max_new_tokens;
+  rp.max_length = p.max_length;
+  rp.do_sample = p.do_sample != 0;
+  rp.temperature = p.temperature;
+  rp.topp = p.topp;
+  rp.topk = p.topk;
+  rp.seed = p.seed;
+  if (!p.has_seed) {
+    static std::atomic<uint64_t> entropy{0x5EED0000ull ^ static_cast<uint64_t>(time(nullptr))};
+    rp.seed = entropy.fetch_add(0x9E3779B97F4A7C15ull) ^ reinterpret_cast<uintptr_t>(&rp);
+  }
+  rp.return_logits = p.return_logits != 0;
+  if (rp.return_logits && m->handle.speculative)
+    ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "return_logits is only available without speculation");
+  if (p.num_eos_ids < 0)
+    rp.eos_ids = m->handle.config.eos_token_ids;
+  else {
+    require(p.num_eos_ids <= 8, "at most 8 EOS ids");
+    rp.eos_ids.assign(p.eos_ids, p.eos_ids + p.num_eos_ids);
+  }
+  return rp;
+}
+
 }  // namespace
 
 std::string &ffspec::capi::last_error() {
@@ -184,28 +209,26 @@ ffs_status_t ffs_request_submit(ffs_model_t m, const int32_t *tokens, int32_t n,
   return guarded([&] {
     require(p && guid && (tokens || n == 0) && n >= 0, "bad arguments to ffs_request_submit");
     ffspec::RequestManager &rm = manager_of(m);
-    ffspec::RequestParams rp;
-    rp.max_new_tokens = p->max_new_tokens;
-    rp.max_length = p->max_length;
-    rp.do_sample = p->do_sample != 0;
-    rp.temperature = p->temperature;
-    rp.topp = p->topp;
-    rp.topk = p->topk;
-    rp.seed = p->seed;
-    if (!p->has_seed) {
-      static std::atomic<uint64_t> entropy{0x5EED0000ull ^ static_cast<uint64_t>(time(nullptr))};
-      rp.seed = entropy.fetch_add(0x9E3779B97F4A7C15ull) ^ reinterpret_cast<uintptr_t>(&rp);
+    *guid = rm.submit(std::vector<int32_t>(tokens, tokens + n), params_from(m, *p));
+  });
+}
+
+ffs_status_t ffs_request_submit_many(ffs_model_t m, int32_t num_requests, const int32_t *const *tokens,
+                                     const int32_t *num_tokens, const ffs_request_params_t *params,
+                                     uint64_t *guids) {
+  return guarded([&] {
+    require(num_requests >= 0 && (num_requests == 0 || (tokens && num_tokens && params && guids)),
+            "bad arguments to ffs_request_submit_many");
+    ffspec::RequestManager &rm = manager_of(m);
+    std::vector<std::vector<int32_t>> prompts(num_requests);
+    std::vector<ffspec::RequestParams> rps;
+    for (int32_t i = 0; i < num_requests; i++) {
+      require(num_tokens[i] >= 0 && (tokens[i] || num_tokens[i] == 0), "bad prompt in ffs_request_submit_many");
+      prompts[i].assign(tokens[i], tokens[i] + num_tokens[i]);
+      rps.push_back(params_from(m, params[i]));
     }
-    rp.return_logits = p->return_logits != 0;
-    if (rp.return_logits && m->handle.speculative)
-      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "return_logits is only available without speculation");
-    if (p->num_eos_ids < 0)
-      rp.eos_ids = m->handle.config.eos_token_ids;
-    else {
-      require(p->num_eos_ids <= 8, "at most 8 EOS ids");
-      rp.eos_ids.assign(p->eos_ids, p->eos_ids + p->num_eos_ids);
-    }
-    *guid = rm.submit(std::vector<int32_t>(tokens, tokens + n), rp);
+    const std::vector<uint64_t> g = rm.submit_many(prompts, rps);
+    std::copy(g.begin(), g.end(), guids);
   });
 }
 

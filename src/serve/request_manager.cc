@@ -12,7 +12,7 @@ RequestManager::RequestManager(int model_id, const ServeLimits &limits, std::fun
   for (int s = limits.max_requests_per_batch - 1; s >= 0; s--) free_slots_.push_back(s);
 }
 
-uint64_t RequestManager::submit(const std::vector<int32_t> &prompt, const RequestParams &p) {
+void RequestManager::validate(const std::vector<int32_t> &prompt, const RequestParams &p) const {
   const int n = static_cast<int>(prompt.size());
   if (n == 0) fail(FFS_ERR_INVALID_ARGUMENT, "the prompt is empty (give at least one token)");
   if (n >= limits_.max_seq_length)
@@ -35,27 +35,50 @@ uint64_t RequestManager::submit(const std::vector<int32_t> &prompt, const Reques
   if (p.max_length != -1 && p.max_length <= n)
     fail(FFS_ERR_INVALID_ARGUMENT, "max_length " + std::to_string(p.max_length) +
                                        " leaves no room after a prompt of " + std::to_string(n) + " tokens");
-  Request r;
-  r.tokens = prompt;
-  r.prompt_len = n;
-  r.params = p;
-  r.submitted = Request::Clock::now();
-  uint64_t guid;
+}
+
+uint64_t RequestManager::submit(const std::vector<int32_t> &prompt, const RequestParams &p) {
+  return submit_many({prompt}, {p}).at(0);
+}
+
+std::vector<uint64_t> RequestManager::submit_many(const std::vector<std::vector<int32_t>> &prompts,
+                                                  const std::vector<RequestParams> &params) {
+  if (prompts.size() != params.size()) fail(FFS_ERR_INVALID_ARGUMENT, "one set of parameters per prompt");
+  for (size_t i = 0; i < prompts.size(); i++) {
+    try {
+      validate(prompts[i], params[i]);
+    } catch (const Error &e) {
+      if (prompts.size() == 1) throw;
+      fail(e.status(), "prompt " + std::to_string(i) + ": " + e.what());
+    }
+  }
+  std::vector<uint64_t> guids;
+  bool queued = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    guid = r.guid = next_guid_++;
-    if (p.max_new_tokens == 0) {
-      r.finish = FinishReason::Length;
-      r.finished = r.first_token = r.submitted;
+    const auto now = Request::Clock::now();
+    for (size_t i = 0; i < prompts.size(); i++) {
+      Request r;
+      r.tokens = prompts[i];
+      r.prompt_len = static_cast<int>(prompts[i].size());
+      r.params = params[i];
+      r.submitted = now;
+      const uint64_t guid = r.guid = next_guid_++;
+      guids.push_back(guid);
+      if (params[i].max_new_tokens == 0) {
+        r.finish = FinishReason::Length;
+        r.finished = r.first_token = r.submitted;
+        requests_.emplace(guid, std::move(r));
+        continue;
+      }
       requests_.emplace(guid, std::move(r));
-      done_cv_.notify_all();
-      return guid;
+      waiting_.push_back(guid);
+      queued = true;
     }
-    requests_.emplace(guid, std::move(r));
-    waiting_.push_back(guid);
   }
-  if (on_new_work_) on_new_work_();
-  return guid;
+  done_cv_.notify_all();
+  if (queued && on_new_work_) on_new_work_();
+  return guids;
 }
 
 bool RequestManager::has_work() {

@@ -72,6 +72,10 @@ class RequestManager {
 
   // Validates and queues; throws ffspec::Error(FFS_ERR_INVALID_ARGUMENT) naming the problem.
   uint64_t submit(const std::vector<int32_t> &prompt, const RequestParams &params);
+  // Validates every request first (nothing is queued when one is bad; the message names its
+  // index), then queues them together, so the next step can take them all.
+  std::vector<uint64_t> submit_many(const std::vector<std::vector<int32_t>> &prompts,
+                                    const std::vector<RequestParams> &params);
   bool has_work();
   // Builds the next step; an empty batch (no tokens) when there is nothing to do.
   StepBatch schedule();
@@ -91,6 +95,7 @@ class RequestManager {
   // Appends a generated token and applies EOS / length limits; true if the request finished.
   bool append_token_locked(Request &r, int32_t tok);
   void admit_locked();
+  void validate(const std::vector<int32_t> &prompt, const RequestParams &params) const;
   SampleSpec sample_spec(const Request &r) const;
 
   int model_id_;

@@ -291,30 +291,33 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string &path) {
 StreamDecoder::StreamDecoder(const Tokenizer &tok, bool skip_special_tokens) : tok_(tok), skip_special_(skip_special_tokens) {}
 
 namespace {
-// Bytes of text that are final: everything before a trailing run of U+FFFD, which may be an
-// incomplete character that the next ids complete.
-size_t stable_prefix(const std::string &text) {
-  size_t end = text.size();
-  while (end >= 3 && text.compare(end - 3, 3, "\xEF\xBF\xBD") == 0) end -= 3;
-  return end;
+bool ends_incomplete(const std::string &text) {
+  // The decoders turn the bytes of a character not yet complete into U+FFFD.
+  return text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
 }
 }  // namespace
 
+std::string StreamDecoder::decode_range(size_t from, size_t to) const {
+  return tok_.decode(std::vector<int32_t>(ids_.begin() + from, ids_.begin() + to), skip_special_);
+}
+
 std::string StreamDecoder::put(int32_t id) {
   ids_.push_back(id);
-  std::string text = tok_.decode(ids_, skip_special_);
-  size_t end = stable_prefix(text);
-  if (end <= emitted_) return std::string();
-  std::string out = text.substr(emitted_, end - emitted_);
-  emitted_ = end;
-  return out;
+  const std::string before = decode_range(prefix_, read_);
+  const std::string now = decode_range(prefix_, ids_.size());
+  if (now.size() <= before.size() || ends_incomplete(now) || now.compare(0, before.size(), before) != 0)
+    return std::string();
+  prefix_ = read_;
+  read_ = ids_.size();
+  return now.substr(before.size());
 }
 
 std::string StreamDecoder::flush() {
-  std::string text = tok_.decode(ids_, skip_special_);
-  std::string out = emitted_ < text.size() ? text.substr(emitted_) : std::string();
-  emitted_ = text.size();
-  return out;
+  const std::string before = decode_range(prefix_, read_);
+  const std::string now = decode_range(prefix_, ids_.size());
+  prefix_ = read_ = ids_.size();
+  if (now.size() <= before.size() || now.compare(0, before.size(), before) != 0) return std::string();
+  return now.substr(before.size());
 }
 
 }  // namespace ffspec

@@ -47,8 +47,14 @@ class StreamDecoder {
  private:
   const Tokenizer &tok_;
   bool skip_special_;
+  std::string decode_range(size_t from, size_t to) const;
+
   std::vector<int32_t> ids_;
-  size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+  // Text is emitted for ids_[read_..) by decoding the window ids_[prefix_..) and dropping the
+  // text of ids_[prefix_..read_): a few ids of context keep decoder rules that look at
+  // neighbours (a stripped leading space, byte tokens of one character) right, at a cost per
+  // token that does not grow with the sequence.
+  size_t prefix_ = 0, read_ = 0;
 };
 
 }  // namespace ffspec

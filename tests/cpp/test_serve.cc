@@ -128,6 +128,28 @@ static void test_max_seq_length_and_errors() {
   EXPECT(rm.wait(g, 0, &r) && r.tokens.size() == 8 && r.finish == FinishReason::Length);
 }
 
+static void test_submit_many() {
+  ServeLimits lim{4, 16, 32, 100};
+  int wakeups = 0;
+  RequestManager rm(1, lim, [&] { wakeups++; });
+  RequestParams p;
+  p.max_new_tokens = 2;
+  // One bad prompt: nothing is queued, and the message names it.
+  bool threw = false;
+  try {
+    rm.submit_many({{1, 2}, {3, 500}, {4}}, {p, p, p});
+  } catch (const Error &e) {
+    threw = std::string(e.what()).rfind("prompt 1: ", 0) == 0 && std::string(e.what()).find("vocabulary") != std::string::npos;
+  }
+  EXPECT(threw);
+  EXPECT(!rm.has_work() && wakeups == 0);
+  // All good: queued together, one wake-up, and the first step takes every prompt.
+  std::vector<uint64_t> g = rm.submit_many({{1, 2}, {3, 4, 5}, {6}}, {p, p, p});
+  EXPECT(g.size() == 3 && g[1] == g[0] + 1 && g[2] == g[1] + 1 && wakeups == 1);
+  StepBatch s = rm.schedule();
+  EXPECT(s.num_tokens() == 6 && s.num_rows() == 3);
+}
+
 static void test_sampling() {
   std::vector<float> logits = {0.1f, 2.0f, 2.0f, -1.0f};
   EXPECT(argmax(logits.data(), 4) == 1);  // first maximum, like torch.argmax
@@ -392,6 +414,7 @@ int main() {
   test_chunked_prefill_and_decode();
   test_slots_and_eos();
   test_max_seq_length_and_errors();
+  test_submit_many();
   test_sampling();
   test_serialization();
   std::printf("%d passed, %d failed\n", g_pass, g_fail);

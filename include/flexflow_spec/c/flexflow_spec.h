@@ -109,6 +109,12 @@ typedef struct {
 /* Queue a request; returns at once with its guid. Tokens are used exactly as given. */
 ffs_status_t ffs_request_submit(ffs_model_t model, const int32_t *tokens, int32_t num_tokens,
                                 const ffs_request_params_t *params, uint64_t *guid);
+/* Queue several requests at once: every one is validated first (none is queued when one is
+ * bad; the message names its index), then all are queued together, so the next step can
+ * batch them. params and guids have num_requests entries. */
+ffs_status_t ffs_request_submit_many(ffs_model_t model, int32_t num_requests, const int32_t *const *tokens,
+                                     const int32_t *num_tokens, const ffs_request_params_t *params,
+                                     uint64_t *guids);
 
 typedef struct {
   int32_t num_output_tokens;
