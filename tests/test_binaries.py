@@ -182,3 +182,21 @@ def test_console_entry_points():
             pytest.skip(f"{name} console script is not on PATH (pip's script directory is not on PATH here)")
         proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "-llm-model" in proc.stdout
+
+
+def test_gguf_digits_same_in_python_and_binary(runtime, smollm2_gguf_path, tmp_path):
+    """A GGUF's own tokenizer (SmolLM2: digits split one by one) is used by both front ends;
+    the prompt's ids equal HF `tokenizers` on the published tokenizer (see test_tokenizer)."""
+    prompt = "List three prime numbers greater than 100: 101, 103,"
+    llm = ff.LLM(str(smollm2_gguf_path), data_type=ff.DataType.DT_FLOAT)
+    llm.compile(ff.GenerationConfig(), max_requests_per_batch=1, max_seq_length=64, max_tokens_per_batch=32)
+    ref = llm.generate(prompt, max_new_tokens=8)
+    assert len(ff.Tokenizer(smollm2_gguf_path).encode("100")) == 3  # one token per digit
+    pf = tmp_path / "p.json"
+    pf.write_text(json.dumps([prompt]))
+    out = tmp_path / "o.txt"
+    run("incr_decoding", *LEGION, "-llm-model", smollm2_gguf_path, "-prompt", pf, "-output-file", out,
+        "--use-full-precision", "--max-new-tokens", 8, "--max-sequence-length", 64)
+    (rec,) = parse_output(out)
+    assert rec["ids"] == ref.input_tokens + ref.output_tokens
+    assert rec["text"] == prompt + ref.output_text

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import runtime
 from ._lib import check, ffi, lib
-from .errors import InvalidArgumentError, StateError
+from .errors import FlexFlowSpecError, InvalidArgumentError, StateError
 from .resolve import resolve_model
 
 
@@ -140,6 +140,8 @@ class LLM:
         self.bos_token_id = info.bos_token_id
         self._tokenizer = None
         self._tokenizer_loaded = False
+        self._ff_tokenizer = None
+        self._ff_tokenizer_loaded = False
         self._tok_lock = threading.Lock()
         self.generation_config: GenerationConfig | None = None
         self.max_seq_length = 0
@@ -208,24 +210,47 @@ class LLM:
 
     # ---- generation -----------------------------------------------------------------------
 
+    @property
+    def ff_tokenizer(self):
+        """Our C++ tokenizer (ff.Tokenizer) for this checkpoint, or None when it has none we
+        read; text is encoded and decoded with it, exactly as the binaries do."""
+        with self._tok_lock:
+            if not self._ff_tokenizer_loaded:
+                from .tokenizer import Tokenizer
+                try:
+                    self._ff_tokenizer = Tokenizer(self.path)
+                except FlexFlowSpecError:
+                    self._ff_tokenizer = None  # e.g. WordPiece: Hugging Face's tokenizer is used
+                self._ff_tokenizer_loaded = True
+        return self._ff_tokenizer
+
+    def _encode_text(self, text: str, add_special_tokens: bool) -> list[int]:
+        ours = self.ff_tokenizer
+        if ours is not None:
+            return ours.encode(text, add_special_tokens=add_special_tokens)
+        tok = self.tokenizer
+        if tok is None:
+            raise InvalidArgumentError(f"{self.model_name} has no tokenizer: pass token ids instead of text")
+        return list(tok(text, add_special_tokens=add_special_tokens)["input_ids"])
+
     def _encode(self, prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
-            tok = self.tokenizer
-            if tok is None:
-                raise InvalidArgumentError(f"{self.model_name} has no tokenizer: pass token ids instead of text")
-            return prompt, list(tok(prompt)["input_ids"])
+            return prompt, self._encode_text(prompt, True)
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
-            tok = self.tokenizer
+            tok = self.tokenizer  # chat templates are Jinja: rendered by transformers
             if tok is None or not getattr(tok, "chat_template", None):
                 raise InvalidArgumentError(f"{self.model_name} has no chat template for chat messages")
             text = tok.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-            return text, list(tok(text, add_special_tokens=False)["input_ids"])
+            return text, self._encode_text(text, False)
         if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return None, list(prompt)
         raise InvalidArgumentError("a prompt is a string, a list of token ids or a list of chat messages; "
                                    f"got {type(prompt).__name__}")
 
     def _decode(self, tokens: list[int]) -> str:
+        ours = self.ff_tokenizer
+        if ours is not None:
+            return ours.decode(tokens, skip_special_tokens=True)
         tok = self.tokenizer
         return tok.decode(tokens, skip_special_tokens=True) if tok is not None else ""
 
