@@ -14,16 +14,7 @@
 #include "serve/token_tree.h"
 #include "util/error.h"
 
-static int g_pass = 0, g_fail = 0;
-#define EXPECT(cond)                                                        \
-  do {                                                                      \
-    if (cond) {                                                             \
-      g_pass++;                                                             \
-    } else {                                                                \
-      g_fail++;                                                             \
-      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);           \
-    }                                                                       \
-  } while (0)
+#include "expect.h"
 
 using namespace ffspec;
 
@@ -417,6 +408,5 @@ int main() {
   test_submit_many();
   test_sampling();
   test_serialization();
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail == 0 ? 0 : 1;
+  return report();
 }

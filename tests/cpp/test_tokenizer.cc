@@ -9,16 +9,7 @@
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 
-static int g_pass = 0, g_fail = 0;
-#define EXPECT(cond)                                              \
-  do {                                                            \
-    if (cond) {                                                   \
-      g_pass++;                                                   \
-    } else {                                                      \
-      g_fail++;                                                   \
-      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                             \
-  } while (0)
+#include "expect.h"
 
 using namespace ffspec;
 
@@ -73,6 +64,5 @@ int main(int argc, char **argv) {
       EXPECT(last.find("\xE6\x97\xA5") != std::string::npos);
     }
   }
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail ? 1 : 0;
+  return report();
 }

@@ -11,7 +11,7 @@
 
 using namespace ffspec;
 
-static int g_pass = 0, g_fail = 0;
+#include "expect.h"
 
 static double run_case(std::mt19937 &rng, int n_heads, int n_kv_heads, int head_dim, int prefix, int n_nodes) {
   std::uniform_real_distribution<float> U(-1.f, 1.f);
@@ -85,6 +85,5 @@ int main() {
                     s.prefix, s.nodes, err);
       }
     }
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail ? 1 : 0;
+  return report();
 }
