@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 from tokenizer_corpus import SPECIALS, corpus
-from tokenizer_fixtures import llama_cpp_vocab_dir, mistral_spm_dir, mistral_spm_hf_dir, read_vocab_tests
+from tokenizer_fixtures import (
+    converted_vocab_json,
+    llama_cpp_vocab_dir,
+    mistral_spm_dir,
+    mistral_spm_hf_dir,
+    read_vocab_tests,
+)
 
 import flexflow_spec as ff
 
@@ -208,3 +214,24 @@ def test_stream_decoder_cpp_suite(smollm2_dir, smollm2_gguf_path):
     assert m, out.stdout + out.stderr
     assert out.returncode == 0 and int(m.group(2)) == 0, out.stdout
     assert int(m.group(1)) >= 400
+
+
+# ---- tokenizer.json of other families ----------------------------------------------------
+
+# transformers writes a tokenizer.json from each of these GGUF vocabularies (the other
+# fixtures' architectures it cannot convert): ours reading that file must equal HF reading it.
+JSON_FAMILIES = ["qwen2", "llama-bpe", "gpt-2", "starcoder", "falcon", "deepseek-coder", "deepseek-llm", "phi-3",
+                 "llama-spm"]
+
+
+@pytest.mark.parametrize("name", JSON_FAMILIES)
+def test_tokenizer_json_families(vocab_dir, name):
+    path = converted_vocab_json(vocab_dir, name)
+    ours, hf = ff.Tokenizer(path), _hf_json(path)
+    text = corpus(seed=99)
+    lines = text.split("\n")
+    assert [ours.encode(t, add_special_tokens=False) for t in lines] == \
+        [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)]
+    want = hf.encode(text).ids
+    assert ours.encode(text) == want
+    assert ours.decode(want) == hf.decode(want, skip_special_tokens=False)

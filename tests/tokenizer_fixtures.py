@@ -106,3 +106,18 @@ def mistral_spm_hf_dir() -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         part.rename(dest)
     return dest
+
+
+def converted_vocab_json(vocab_dir: Path, name: str) -> Path:
+    """tokenizer.json written by transformers from ggml-vocab-<name>.gguf (slow: cached)."""
+    dest = fixtures_dir() / "llama-cpp-vocab-json" / name
+    with _locked(dest):
+        if not (dest / "tokenizer.json").exists():
+            from transformers import AutoTokenizer
+            part = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(part, ignore_errors=True)
+            tok = AutoTokenizer.from_pretrained(str(vocab_dir), gguf_file=f"ggml-vocab-{name}.gguf")
+            tok.save_pretrained(str(part))
+            shutil.rmtree(dest, ignore_errors=True)
+            part.rename(dest)
+    return dest / "tokenizer.json"
