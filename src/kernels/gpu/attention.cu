@@ -1,0 +1,205 @@
+// Attention for prefill, incremental decoding and tree verification in one kernel, tiled like
+// flash attention: scores live in shared memory one K/V tile at a time and the softmax is
+// online (running max m and sum l per query row), so nothing of size [tokens x context]
+// ever reaches global memory. fp32 arithmetic whatever the storage type.
+//
+// Work split (docs/gpu_kernels.md has a picture):
+//   block = (a tile of BQ consecutive tokens, one KV head, a chunk of <= kRows query rows);
+//   a query row = (token, one of the `group` query heads that share the KV head), so every
+//   K/V tile loaded into shared memory serves all GQA/MQA heads of the tile's tokens.
+//   Tokens of the tile are cut into segments that share a slot; each segment scans its
+//   slot's cache positions [0, kv_end) in tiles of kBkv keys, where kv_end covers the
+//   longest prefix and the highest tree position of its rows; each (row, key) pair is
+//   masked by the CPU kernel's visibility rule (prefix, or a set bit of the tree mask).
+//   Per K/V tile: one warp per row computes its kBkv scores (lane = key) and updates m, l;
+//   then each thread owns one output column d for kRows / (threads / D) rows, in registers.
+#include "kernels/gpu/dispatch.cuh"
+
+namespace ffspec::gpu {
+
+namespace {
+
+constexpr int kRows = 32;             // query rows per block
+constexpr int kBkv = FFS_WARP_SIZE;   // keys per tile: one per lane in the score step
+
+template <int D>
+struct AttnShape {
+  static constexpr int threads = D > 128 ? D : 128;
+  static constexpr int phases = threads / D;        // row groups in the PV step
+  static constexpr int rows_per_thread = kRows / phases;
+  static constexpr int warps = threads / FFS_WARP_SIZE;
+  // Shared memory, in this order: masks (u64), ints, then floats.
+  static constexpr size_t floats = size_t(kRows) * D + size_t(kBkv) * (D + 1) + size_t(kBkv) * D +
+                                   size_t(kRows) * (kBkv + 1) + 3 * kRows;
+  static constexpr size_t bytes = kRows * sizeof(uint64_t) + 4 * kRows * sizeof(int) + floats * sizeof(float);
+};
+
+__device__ __forceinline__ bool visible(int p, int plen, int base, uint64_t mask) {
+  if (p < plen) return true;
+  const int j = p - base;
+  return mask != 0 && j >= 0 && j < 64 && ((mask >> j) & 1ull);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(AttnShape<D>::threads)
+    attention_kernel(const T *__restrict__ q, int q_stride, const T *__restrict__ cache_k,
+                     const T *__restrict__ cache_v, int max_seq, int n_kv_heads, int group,
+                     const int32_t *__restrict__ prefix_len, const int32_t *__restrict__ slots,
+                     const int32_t *__restrict__ tree_base, const uint64_t *__restrict__ tree_mask, int T_, int bq,
+                     T *__restrict__ out, float scale) {
+  using S = AttnShape<D>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint64_t *s_mask = reinterpret_cast<uint64_t *>(smem);
+  int *s_tok = reinterpret_cast<int *>(s_mask + kRows);
+  int *s_head = s_tok + kRows, *s_plen = s_head + kRows, *s_base = s_plen + kRows;
+  float *s_q = reinterpret_cast<float *>(s_base + kRows);  // [kRows][D], pre-scaled
+  float *s_k = s_q + kRows * D;                             // [kBkv][D + 1] (padded: no bank conflicts)
+  float *s_v = s_k + kBkv * (D + 1);                        // [kBkv][D]
+  float *s_p = s_v + kBkv * D;                              // [kRows][kBkv + 1] probabilities of the tile
+  float *s_m = s_p + kRows * (kBkv + 1), *s_l = s_m + kRows, *s_alpha = s_l + kRows;
+
+  const int tid = threadIdx.x, lane = tid % FFS_WARP_SIZE, warp = tid / FFS_WARP_SIZE;
+  const int kvh = blockIdx.y;
+  const int t0 = blockIdx.x * bq, t1 = min(T_, t0 + bq);
+  const int row0 = blockIdx.z * kRows;
+  const int nrows = min(kRows, bq * group - row0);  // rows of this block (some may be past T)
+  const int kv_dim = n_kv_heads * D;
+
+  if (tid < kRows) {
+    const int rg = row0 + tid, t = t0 + rg / group;
+    const bool ok = tid < nrows && t < t1;
+    s_tok[tid] = ok ? t : -1;
+    s_head[tid] = kvh * group + rg % group;
+    s_plen[tid] = ok ? prefix_len[t] : 0;
+    s_base[tid] = ok && tree_base ? tree_base[t] : 0;
+    s_mask[tid] = ok && tree_mask ? tree_mask[t] : 0;
+    s_m[tid] = -INFINITY;
+    s_l[tid] = 0.0f;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < kRows * D; idx += S::threads) {
+    const int r = idx / D, i = idx % D, t = s_tok[r];
+    s_q[idx] = t >= 0 ? to_f32(q[static_cast<size_t>(t) * q_stride + static_cast<size_t>(s_head[r]) * D + i]) * scale
+                      : 0.0f;
+  }
+
+  float o[S::rows_per_thread];
+#pragma unroll
+  for (int k = 0; k < S::rows_per_thread; k++) o[k] = 0.0f;
+  const int d = tid % D, phase = tid / D;
+
+  for (int seg = t0; seg < t1;) {
+    // Segment [seg, seg_end): consecutive tokens of one slot.
+    const int slot = slots[seg];
+    int seg_end = seg + 1;
+    while (seg_end < t1 && slots[seg_end] == slot) seg_end++;
+    int kv_end = 0;
+    for (int r = 0; r < kRows; r++) {
+      const int t = s_tok[r];
+      if (t < seg || t >= seg_end) continue;
+      kv_end = max(kv_end, s_plen[r]);
+      if (s_mask[r]) kv_end = max(kv_end, s_base[r] + 64 - __clzll(static_cast<long long>(s_mask[r])));
+    }
+    kv_end = min(kv_end, max_seq);
+    const size_t cache_off = static_cast<size_t>(slot) * max_seq * kv_dim + static_cast<size_t>(kvh) * D;
+
+    for (int p0 = 0; p0 < kv_end; p0 += kBkv) {
+      __syncthreads();  // the previous tile's s_k / s_v / s_p are consumed
+      for (int idx = tid; idx < kBkv * D; idx += S::threads) {
+        const int j = idx / D, i = idx % D, p = p0 + j;
+        const bool in = p < kv_end;
+        const size_t at = cache_off + static_cast<size_t>(in ? p : 0) * kv_dim + i;
+        s_k[j * (D + 1) + i] = in ? to_f32(cache_k[at]) : 0.0f;
+        s_v[j * D + i] = in ? to_f32(cache_v[at]) : 0.0f;
+      }
+      __syncthreads();
+      // Scores and the online-softmax update: one warp per row, one key per lane.
+      for (int r = warp; r < nrows; r += S::warps) {
+        const int t = s_tok[r];
+        const int p = p0 + lane;
+        float s = -INFINITY;
+        if (t >= seg && t < seg_end && p < kv_end && visible(p, s_plen[r], s_base[r], s_mask[r])) {
+          const float *qr = s_q + r * D, *kr = s_k + lane * (D + 1);
+          float acc = 0.0f;
+#pragma unroll 8
+          for (int i = 0; i < D; i++) acc += qr[i] * kr[i];
+          s = acc;
+        }
+        const float m_old = s_m[r];
+        const float m_new = fmaxf(m_old, warp_max(s));
+        const float pj = m_new == -INFINITY ? 0.0f : expf(s - m_new);
+        const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
+        const float psum = warp_sum(pj);
+        s_p[r * (kBkv + 1) + lane] = pj;
+        if (lane == 0) {
+          s_m[r] = m_new;
+          s_l[r] = s_l[r] * alpha + psum;
+          s_alpha[r] = alpha;
+        }
+      }
+      __syncthreads();
+      // o[r][d] = o[r][d] * alpha[r] + sum_j p[r][j] * v[j][d]
+#pragma unroll
+      for (int k = 0; k < S::rows_per_thread; k++) {
+        const int r = phase + S::phases * k;
+        if (r < nrows) {
+          const float *pr = s_p + r * (kBkv + 1);
+          float acc = o[k] * s_alpha[r];
+#pragma unroll 8
+          for (int j = 0; j < kBkv; j++) acc += pr[j] * s_v[j * D + d];
+          o[k] = acc;
+        }
+      }
+    }
+    seg = seg_end;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < S::rows_per_thread; k++) {
+    const int r = phase + S::phases * k;
+    if (r < nrows && s_tok[r] >= 0) {
+      const float l = s_l[r];
+      const int n_heads = n_kv_heads * group;
+      out[(static_cast<size_t>(s_tok[r]) * n_heads + s_head[r]) * D + d] = from_f32<T>(l > 0.0f ? o[k] / l : 0.0f);
+    }
+  }
+}
+
+template <typename T, int D>
+gpuError_t launch_attention(const AttentionArgs &a, gpuStream_t stream) {
+  using S = AttnShape<D>;
+  const int group = a.n_heads / a.n_kv_heads;
+  int bq = 1;
+  if (group < kRows) bq = max(1, min(a.tokens_per_slot_hint, kRows / group));
+  const dim3 grid(ceil_div(a.T, bq), a.n_kv_heads, ceil_div(static_cast<long long>(bq) * group, kRows));
+  gpuError_t e = gpuFuncSetAttribute(reinterpret_cast<const void *>(&attention_kernel<T, D>),
+                                     gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::bytes));
+  if (e != gpuSuccess) return e;
+  FFS_LAUNCH((attention_kernel<T, D>), grid, S::threads, S::bytes, stream, static_cast<const T *>(a.q), a.q_stride,
+             static_cast<const T *>(a.cache_k), static_cast<const T *>(a.cache_v), a.max_seq, a.n_kv_heads, group,
+             a.prefix_len, a.slots, a.tree_base, a.tree_mask, a.T, bq, static_cast<T *>(a.out),
+             1.0f / sqrtf(static_cast<float>(D)));
+  return gpuGetLastError();
+}
+
+}  // namespace
+
+gpuError_t attention(const AttentionArgs &a, gpuStream_t stream) {
+  if (a.T <= 0) return gpuSuccess;
+  if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0) return gpuErrorInvalidValue;
+  FFS_DISPATCH_DTYPE(a.dtype, switch (a.head_dim) {
+    case 32:
+      return launch_attention<T, 32>(a, stream);
+    case 64:
+      return launch_attention<T, 64>(a, stream);
+    case 128:
+      return launch_attention<T, 128>(a, stream);
+    case 256:
+      return launch_attention<T, 256>(a, stream);
+    default:
+      return gpuErrorInvalidValue;
+  });
+  return gpuSuccess;
+}
+
+}  // namespace ffspec::gpu

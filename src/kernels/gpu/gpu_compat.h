@@ -1,0 +1,118 @@
+// The vendor header: the few runtime names and intrinsics the GPU kernels use, mapped to CUDA
+// or HIP, so both builds compile the same .cu sources (no copied twins). Host code includes it
+// through kernels.h; device code also gets the conversions and warp reductions below.
+#pragma once
+
+#if defined(FFS_HIP) || defined(__HIP_PLATFORM_AMD__)
+#include <hip/hip_bf16.h>
+#include <hip/hip_fp16.h>
+#include <hip/hip_runtime.h>
+using gpuStream_t = hipStream_t;
+using gpuError_t = hipError_t;
+using gpu_half = __half;
+using gpu_bf16 = __hip_bfloat16;
+#define gpuSuccess hipSuccess
+#define gpuErrorInvalidValue hipErrorInvalidValue
+#define gpuGetLastError hipGetLastError
+#define gpuPeekAtLastError hipPeekAtLastError
+#define gpuFuncSetAttribute hipFuncSetAttribute
+#define gpuFuncAttributeMaxDynamicSharedMemorySize hipFuncAttributeMaxDynamicSharedMemorySize
+#define gpuGetErrorString hipGetErrorString
+#define gpuGetDeviceCount hipGetDeviceCount
+#define gpuMalloc hipMalloc
+#define gpuFree hipFree
+#define gpuMemcpy hipMemcpy
+#define gpuMemcpyHostToDevice hipMemcpyHostToDevice
+#define gpuMemcpyDeviceToHost hipMemcpyDeviceToHost
+#define gpuDeviceSynchronize hipDeviceSynchronize
+#define FFS_SHFL_XOR(v, m) __shfl_xor((v), (m))
+#define FFS_SHFL_UP(v, d) __shfl_up((v), (d))
+#define FFS_WARP_SIZE 64  // CDNA wavefront
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+using gpuStream_t = cudaStream_t;
+using gpuError_t = cudaError_t;
+using gpu_half = __half;
+using gpu_bf16 = __nv_bfloat16;
+#define gpuSuccess cudaSuccess
+#define gpuErrorInvalidValue cudaErrorInvalidValue
+#define gpuGetLastError cudaGetLastError
+#define gpuPeekAtLastError cudaPeekAtLastError
+#define gpuFuncSetAttribute cudaFuncSetAttribute
+#define gpuFuncAttributeMaxDynamicSharedMemorySize cudaFuncAttributeMaxDynamicSharedMemorySize
+#define gpuGetErrorString cudaGetErrorString
+#define gpuGetDeviceCount cudaGetDeviceCount
+#define gpuMalloc cudaMalloc
+#define gpuFree cudaFree
+#define gpuMemcpy cudaMemcpy
+#define gpuMemcpyHostToDevice cudaMemcpyHostToDevice
+#define gpuMemcpyDeviceToHost cudaMemcpyDeviceToHost
+#define gpuDeviceSynchronize cudaDeviceSynchronize
+#define FFS_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
+#define FFS_SHFL_UP(v, d) __shfl_up_sync(0xffffffffu, (v), (d))
+#define FFS_WARP_SIZE 32
+#endif
+
+// Kernel launches go through this macro so the syntax lives in one place.
+#define FFS_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+namespace ffspec::gpu {
+
+// Element type <-> fp32. Every kernel computes in fp32 and rounds once on store.
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(gpu_half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(gpu_bf16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ gpu_half from_f32<gpu_half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ gpu_bf16 from_f32<gpu_bf16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int m = FFS_WARP_SIZE / 2; m > 0; m >>= 1) v += FFS_SHFL_XOR(v, m);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int m = FFS_WARP_SIZE / 2; m > 0; m >>= 1) v = fmaxf(v, FFS_SHFL_XOR(v, m));
+  return v;
+}
+
+// Sum over the block; every thread gets the result. scratch: >= blockDim/warp floats.
+// Fixed reduction order for a given launch shape, so results repeat run to run.
+__device__ __forceinline__ float block_sum(float v, float *scratch) {
+  const int lane = threadIdx.x % FFS_WARP_SIZE, warp = threadIdx.x / FFS_WARP_SIZE;
+  const int nwarps = (blockDim.x + FFS_WARP_SIZE - 1) / FFS_WARP_SIZE;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = 0.0f;
+  for (int w = 0; w < nwarps; w++) r += scratch[w];
+  return r;
+}
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+  const int lane = threadIdx.x % FFS_WARP_SIZE, warp = threadIdx.x / FFS_WARP_SIZE;
+  const int nwarps = (blockDim.x + FFS_WARP_SIZE - 1) / FFS_WARP_SIZE;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = -INFINITY;
+  for (int w = 0; w < nwarps; w++) r = fmaxf(r, scratch[w]);
+  return r;
+}
+
+}  // namespace ffspec::gpu
+#endif

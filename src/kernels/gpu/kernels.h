@@ -1,0 +1,103 @@
+// GPU kernels (CUDA, and HIP through gpu_compat.h): host-side launch functions over plain
+// device pointers and a stream; no Legion. Row-major; shapes in comments. Activations are
+// fp32, fp16 or bf16 (DType); every kernel computes in fp32 and rounds once on store.
+// Semantics mirror src/kernels/cpu/kernels.h and src/serve/sampling.h, which are the
+// reference these kernels are tested against (tests/cpp/test_gpu_kernels.cu).
+// Each function only enqueues work on `stream` and returns the launch status.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/gpu/gpu_compat.h"
+
+namespace ffspec::gpu {
+
+enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2 };
+size_t dtype_size(DType dt);
+
+// out[T, H] = table[tokens[t], :]   (table [vocab, H]); ids outside [0, vocab) give zeros.
+gpuError_t embedding(const int32_t *tokens, const void *table, void *out, int T, int H, int vocab, DType dt,
+                     gpuStream_t stream);
+
+// Residual add fused with RMSNorm, as transformers' LlamaRMSNorm computes it:
+//   if add: residual[t] += add[t]            (rounded to dt, like the eager model)
+//   out[t] = w * dt(residual[t] * rsqrt(mean(residual[t]^2) + eps))   (fp32 accumulation)
+// residual, add, out [T, H]; w [H]. add may be null (first layer); out may alias add.
+gpuError_t add_rms_norm(void *residual, const void *add, const void *w, float eps, void *out, int T, int H,
+                        DType dt, gpuStream_t stream);
+
+// Rotary embedding in place on the first n_heads heads of each row (non-interleaved halves),
+// exactly cpu::rope: angle = float(positions[t]) * inv_freq[i], computed in fp32.
+// inv_freq [head_dim/2] fp32 already carries the scaling (linear / llama3), as made by
+// LlamaConfig::rope_inv_freq(). Over the fused QKV buffer, n_heads = q heads + kv heads
+// rotates Q and K in one launch (K starts right after Q).
+gpuError_t rope(void *x, int T, int row_stride, int n_heads, int head_dim, const int32_t *positions,
+                const float *inv_freq, DType dt, gpuStream_t stream);
+
+// out[T, I] = silu(gu[:, :I]) * gu[:, I:]   (gu [T, 2I], the fused gate_up layout)
+gpuError_t silu_mul(const void *gu, void *out, int T, int I, DType dt, gpuStream_t stream);
+
+// Attention of each token against its slot's cache, exactly cpu::attention's visibility:
+// cache positions [0, prefix_len[t]) plus, for tree tokens, tree_base[t] + j for each set bit
+// j of tree_mask[t] (ancestors and itself). Prefill: prefix_len = position + 1; incremental:
+// the same with one token per request; tree verification: masks from TokenTree::path_mask.
+// q [T, q_stride] (heads first), cache_k/v [slots, max_seq, n_kv_heads*head_dim],
+// out [T, n_heads*head_dim]. GQA/MQA: n_heads % n_kv_heads == 0. head_dim: 32, 64, 128, 256.
+// Flash-attention tiling (see docs/gpu_kernels.md): no score matrix in global memory.
+struct AttentionArgs {
+  const void *q;
+  int q_stride;
+  const void *cache_k, *cache_v;
+  int max_seq;
+  int n_heads, n_kv_heads, head_dim;
+  const int32_t *prefix_len, *slots;
+  const int32_t *tree_base;    // [T] or null
+  const uint64_t *tree_mask;   // [T] or null: no tree tokens
+  int T;
+  void *out;
+  DType dtype;
+  // How many consecutive tokens share a slot, at most (1 for a decode batch; the chunk or
+  // tree size otherwise): tokens in one tile that share a slot share K/V tile loads.
+  // Only a performance hint: any value gives the same result.
+  int tokens_per_slot_hint;
+};
+gpuError_t attention(const AttentionArgs &a, gpuStream_t stream);
+
+// KV commit: for each move in order, cache[l][k|v][slot][dst] = cache[l][k|v][slot][src] for
+// every layer, exactly as the CPU forward applies StepBatch::commits (src == dst: no-op).
+// moves [n, 3] int32 = {slot, src, dst} (layout of ffspec::KvMove).
+// kv [layers, 2, max_requests, max_seq, kv_dim].
+gpuError_t kv_commit(void *kv, const int32_t *moves, int n, int layers, int max_requests, int max_seq, int kv_dim,
+                     DType dt, gpuStream_t stream);
+
+// out[r] = argmax(logits[r * ld : r * ld + vocab]), the first maximum (like torch.argmax).
+gpuError_t argmax_rows(const void *logits, int64_t ld, int R, int vocab, int32_t *out, DType dt, gpuStream_t stream);
+
+// One row's sampling parameters: ffspec::SampleSpec's numeric fields.
+struct SampleParams {
+  int32_t do_sample;  // 0: argmax
+  float temperature;  // <= 0: 1
+  float topp;         // >= 1: off
+  int32_t topk;       // <= 0 or >= vocab: off
+  uint64_t seed, counter;
+};
+// Largest candidate set the truncated paths keep (top-k above it is cut to it; top-p alone
+// is computed over the top kMaxCandidates tokens: see docs/gpu_kernels.md).
+constexpr int kMaxCandidates = 4096;
+
+// out[r] = a token drawn from row r with params[r]: softmax(logits / T) restricted to the
+// top-k, then the smallest top-p prefix (ties: lower id first), as serve/sampling.h.
+// Random number: u = uniform01(seed, counter), the same counter-based splitmix64 generator as
+// the CPU sampler, so a seeded request draws the same u on either backend.
+gpuError_t sample_rows(const void *logits, int64_t ld, int R, int vocab, const SampleParams *params, int32_t *out,
+                       DType dt, gpuStream_t stream);
+
+// The MSS verifier's distributions: probs[i, :] = warped_probs(logits[rows[i]], params[i])
+// (temperature, top-k, top-p; zeros outside the kept set), fp32 [n, vocab].
+gpuError_t warped_probs_rows(const void *logits, int64_t ld, const int32_t *rows, int n, int vocab,
+                             const SampleParams *params, float *probs, DType dt, gpuStream_t stream);
+// Per-node draft probabilities: q[i] = probs[row_of[i] * vocab + tokens[i]] for i < n.
+gpuError_t gather_token_probs(const float *probs, int vocab, const int32_t *row_of, const int32_t *tokens, int n,
+                              float *q, gpuStream_t stream);
+
+}  // namespace ffspec::gpu

@@ -1,0 +1,502 @@
+// Every GPU kernel (src/kernels/gpu) against the CPU reference: the CPU kernels
+// (src/kernels/cpu), the CPU sampler (src/serve/sampling.h), or a plain loop where the CPU
+// has no kernel of its own. Fresh random inputs each run (the seed is printed; pass one as
+// argv[1] to repeat a run). Tolerances are per op and per dtype, stated at each check:
+// |gpu - ref| <= atol + rtol * |ref|. Inputs are rounded to the dtype first, so the CPU
+// sees exactly what the GPU reads. Without a GPU: "SKIP: no GPU (...)", exit 0.
+// Prints "N passed, M failed".
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/kernels.h"
+#include "kernels/gpu/kernels.h"
+#include "serve/batch.h"
+#include "serve/sampling.h"
+#include "serve/token_tree.h"
+
+#include "expect.h"
+
+using namespace ffspec;
+using gpu::DType;
+
+static_assert(sizeof(KvMove) == 3 * sizeof(int32_t), "kv_commit reads KvMove as int32 triples");
+
+namespace {
+
+std::mt19937_64 rng;
+const char *dname(DType dt) { return dt == DType::F32 ? "f32" : dt == DType::F16 ? "f16" : "bf16"; }
+
+#define GPU_OK(call)                                                                       \
+  do {                                                                                     \
+    gpuError_t e_ = (call);                                                                \
+    if (e_ != gpuSuccess) {                                                                \
+      std::printf("GPU error %s at %s:%d: %s\n", gpuGetErrorString(e_), __FILE__, __LINE__, #call); \
+      std::exit(2);                                                                        \
+    }                                                                                      \
+  } while (0)
+
+// Device buffer of raw bytes.
+struct DevBuf {
+  void *p = nullptr;
+  size_t n = 0;
+  explicit DevBuf(size_t bytes) : n(bytes) { GPU_OK(gpuMalloc(&p, bytes ? bytes : 1)); }
+  DevBuf(const void *host, size_t bytes) : DevBuf(bytes) { GPU_OK(gpuMemcpy(p, host, bytes, gpuMemcpyHostToDevice)); }
+  ~DevBuf() { gpuFree(p); }
+  DevBuf(const DevBuf &) = delete;
+  DevBuf &operator=(const DevBuf &) = delete;
+  template <typename V>
+  V *as() const { return static_cast<V *>(p); }
+  template <typename V>
+  std::vector<V> get(size_t count) const {
+    std::vector<V> h(count);
+    GPU_OK(gpuMemcpy(h.data(), p, count * sizeof(V), gpuMemcpyDeviceToHost));
+    return h;
+  }
+};
+template <typename V>
+DevBuf upload(const std::vector<V> &h) { return DevBuf(h.data(), h.size() * sizeof(V)); }
+
+// Host encoding of fp32 values in the kernel's dtype, and back.
+std::vector<uint8_t> encode(const std::vector<float> &x, DType dt) {
+  std::vector<uint8_t> b(x.size() * gpu::dtype_size(dt));
+  for (size_t i = 0; i < x.size(); i++) {
+    if (dt == DType::F32) {
+      std::memcpy(&b[4 * i], &x[i], 4);
+    } else if (dt == DType::F16) {
+      const gpu_half h = __float2half_rn(x[i]);
+      std::memcpy(&b[2 * i], &h, 2);
+    } else {
+      const gpu_bf16 h = __float2bfloat16_rn(x[i]);
+      std::memcpy(&b[2 * i], &h, 2);
+    }
+  }
+  return b;
+}
+std::vector<float> decode(const std::vector<uint8_t> &b, DType dt) {
+  const size_t n = b.size() / gpu::dtype_size(dt);
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; i++) {
+    if (dt == DType::F32) {
+      std::memcpy(&x[i], &b[4 * i], 4);
+    } else if (dt == DType::F16) {
+      gpu_half h;
+      std::memcpy(&h, &b[2 * i], 2);
+      x[i] = __half2float(h);
+    } else {
+      gpu_bf16 h;
+      std::memcpy(&h, &b[2 * i], 2);
+      x[i] = __bfloat162float(h);
+    }
+  }
+  return x;
+}
+std::vector<float> round_to(const std::vector<float> &x, DType dt) { return decode(encode(x, dt), dt); }
+std::vector<float> fetch(const DevBuf &d, size_t count, DType dt) {
+  return decode(d.get<uint8_t>(count * gpu::dtype_size(dt)), dt);
+}
+std::vector<float> randu(size_t n, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> U(lo, hi);
+  std::vector<float> v(n);
+  for (float &x : v) x = U(rng);
+  return v;
+}
+int randi(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); }
+
+// One EXPECT per call: the worst element against atol + rtol * |ref|.
+void expect_close(const std::string &what, const std::vector<float> &got, const std::vector<float> &ref, double rtol,
+                  double atol) {
+  double worst = 0, worst_err = 0;
+  size_t at = 0;
+  bool ok = got.size() == ref.size();
+  for (size_t i = 0; ok && i < ref.size(); i++) {
+    const double err = std::fabs(static_cast<double>(got[i]) - ref[i]);
+    const double excess = err - (atol + rtol * std::fabs(ref[i]));
+    if (!(excess <= 0)) ok = false;
+    if (!(err <= worst_err)) {
+      worst_err = err;
+      at = i;
+    }
+    worst = std::max(worst, excess);
+  }
+  if (ok) {
+    g_pass++;
+  } else {
+    g_fail++;
+    std::printf("FAIL %s: max abs error %.3g at %zu (gpu %.7g, ref %.7g; rtol %.1g atol %.1g)\n", what.c_str(),
+                worst_err, at, at < got.size() ? got[at] : 0.f, at < ref.size() ? ref[at] : 0.f, rtol, atol);
+  }
+}
+// Per-dtype tolerance: ~1e-5 relative in fp32; an output rounding or two in fp16 / bf16.
+double tol(DType dt, double f32, double f16, double bf16) {
+  return dt == DType::F32 ? f32 : dt == DType::F16 ? f16 : bf16;
+}
+
+const DType kTypes[] = {DType::F32, DType::F16, DType::BF16};
+
+void test_embedding(DType dt) {
+  const int vocab = 1000 + randi(0, 100), H = 320 + randi(0, 64), T = 37;
+  const auto table = round_to(randu(static_cast<size_t>(vocab) * H), dt);
+  std::vector<int32_t> tok(T);
+  for (int &t : tok) t = randi(0, vocab - 1);
+  tok[3] = vocab + 5;  // out of range: zeros
+  DevBuf dtab = upload(encode(table, dt)), dtok = upload(tok), dout(static_cast<size_t>(T) * H * 4);
+  GPU_OK(gpu::embedding(dtok.as<int32_t>(), dtab.p, dout.p, T, H, vocab, dt, nullptr));
+  std::vector<float> ref(static_cast<size_t>(T) * H, 0.f);
+  for (int t = 0; t < T; t++)
+    if (tok[t] < vocab) std::copy_n(&table[static_cast<size_t>(tok[t]) * H], H, &ref[static_cast<size_t>(t) * H]);
+  expect_close(std::string("embedding ") + dname(dt), fetch(dout, ref.size(), dt), ref, 0, 0);  // a copy: exact
+}
+
+void test_rms_norm(DType dt) {
+  const int T = 9, H = 2048 + randi(0, 999);
+  const float eps = 1e-5f;
+  const auto x = round_to(randu(static_cast<size_t>(T) * H, -2, 2), dt), add = round_to(randu(x.size()), dt);
+  const auto w = round_to(randu(H, 0.5f, 1.5f), dt);
+  DevBuf dx = upload(encode(x, dt)), dadd = upload(encode(add, dt)), dw = upload(encode(w, dt)),
+         dout(x.size() * 4);
+  GPU_OK(gpu::add_rms_norm(dx.p, dadd.p, dw.p, eps, dout.p, T, H, dt, nullptr));
+  std::vector<float> sum(x.size());
+  for (size_t i = 0; i < x.size(); i++) sum[i] = x[i] + add[i];
+  sum = round_to(sum, dt);
+  std::vector<float> ref(x.size());
+  cpu::rms_norm(sum.data(), w.data(), eps, ref.data(), T, H);
+  const std::string n = dname(dt);
+  expect_close("add_rms_norm residual " + n, fetch(dx, x.size(), dt), sum, 0, 0);  // one rounding of the same sum
+  // fp32: sums in a different order; fp16/bf16: the normalised value and the product are rounded.
+  expect_close("add_rms_norm out " + n, fetch(dout, x.size(), dt), ref, tol(dt, 1e-5, 2e-3, 1.6e-2), 1e-6);
+  // No residual add (the first layer).
+  GPU_OK(gpu::add_rms_norm(dx.p, nullptr, dw.p, eps, dout.p, T, H, dt, nullptr));
+  expect_close("rms_norm (no add) " + n, fetch(dout, x.size(), dt), ref, tol(dt, 1e-5, 2e-3, 1.6e-2), 1e-6);
+}
+
+// inv_freq as LlamaConfig::rope_inv_freq makes it (that formula, restated here: the test does
+// not link the model code).
+std::vector<float> inv_freq_for(int head_dim, double theta, int scaling, double factor) {
+  std::vector<float> inv(head_dim / 2);
+  const double lowf = 1.0, highf = 4.0, orig = 8192;
+  for (int i = 0; i < head_dim / 2; i++) {
+    float f = 1.0f / std::pow(static_cast<float>(theta), static_cast<float>(2 * i) / static_cast<float>(head_dim));
+    if (scaling == 1) {
+      f = f / static_cast<float>(factor);
+    } else if (scaling == 2) {
+      const double wavelen = 2.0 * M_PI / f;
+      if (wavelen > orig / lowf) {
+        f = f / static_cast<float>(factor);
+      } else if (wavelen >= orig / highf) {
+        const double smooth = (orig / wavelen - lowf) / (highf - lowf);
+        f = static_cast<float>((1 - smooth) * f / factor + smooth * f);
+      }
+    }
+    inv[i] = f;
+  }
+  return inv;
+}
+
+void test_rope(DType dt, int scaling) {
+  const int T = 13, nq = 6, nkv = 2, hd = 128, stride = (nq + 2 * nkv) * hd + 64;
+  const auto inv = inv_freq_for(hd, 500000.0, scaling, 8.0);
+  const auto x = round_to(randu(static_cast<size_t>(T) * stride), dt);
+  std::vector<int32_t> pos(T);
+  for (int &p : pos) p = randi(0, 8000);
+  DevBuf dx = upload(encode(x, dt)), dpos = upload(pos), dinv = upload(inv);
+  // Q and K heads together: K starts right after Q in the fused row.
+  GPU_OK(gpu::rope(dx.p, T, stride, nq + nkv, hd, dpos.as<int32_t>(), dinv.as<float>(), dt, nullptr));
+  std::vector<float> ref = x;
+  cpu::rope(ref.data(), T, stride, nq, hd, pos.data(), inv.data());
+  cpu::rope(ref.data() + nq * hd, T, stride, nkv, hd, pos.data(), inv.data());
+  const char *sc[] = {"none", "linear", "llama3"};
+  expect_close(std::string("rope ") + sc[scaling] + " " + dname(dt), fetch(dx, x.size(), dt), ref,
+               tol(dt, 1e-5, 1e-3, 8e-3), tol(dt, 2e-6, 1e-3, 8e-3));
+}
+
+void test_silu_mul(DType dt) {
+  const int T = 7, I = 1111 + randi(0, 50);
+  const auto gu = round_to(randu(static_cast<size_t>(T) * 2 * I, -6, 6), dt);
+  DevBuf dgu = upload(encode(gu, dt)), dout(static_cast<size_t>(T) * I * 4);
+  GPU_OK(gpu::silu_mul(dgu.p, dout.p, T, I, dt, nullptr));
+  std::vector<float> ref(static_cast<size_t>(T) * I);
+  cpu::silu_mul(gu.data(), ref.data(), T, I);
+  expect_close(std::string("silu_mul ") + dname(dt), fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
+               1e-6);
+}
+
+// One attention batch: tokens with their slot, prefix length and (for tree tokens) base + mask.
+struct AttnBatch {
+  std::vector<int32_t> prefix_len, slots, base;
+  std::vector<uint64_t> mask;
+  bool tree = false;
+  int hint = 1;
+  std::string what;
+};
+
+void run_attention(DType dt, int n_heads, int n_kv, int hd, int max_seq, int n_slots, const AttnBatch &b) {
+  const int T = static_cast<int>(b.slots.size()), kv_dim = n_kv * hd, q_stride = (n_heads + 2 * n_kv) * hd;
+  const auto q = round_to(randu(static_cast<size_t>(T) * q_stride), dt);
+  const auto ck = round_to(randu(static_cast<size_t>(n_slots) * max_seq * kv_dim), dt);
+  const auto cv = round_to(randu(ck.size()), dt);
+  DevBuf dq = upload(encode(q, dt)), dk = upload(encode(ck, dt)), dv = upload(encode(cv, dt));
+  DevBuf dplen = upload(b.prefix_len), dslots = upload(b.slots), dbase = upload(b.base), dmask = upload(b.mask);
+  DevBuf dout(static_cast<size_t>(T) * n_heads * hd * 4);
+  std::vector<float> ref(static_cast<size_t>(T) * n_heads * hd);
+  cpu::AttentionArgs c{q.data(), q_stride, ck.data(), cv.data(), max_seq, n_heads, n_kv, hd,
+                       b.prefix_len.data(), b.slots.data(), b.tree ? b.base.data() : nullptr,
+                       b.tree ? b.mask.data() : nullptr, T, ref.data()};
+  cpu::attention(c);
+  float scale = 0;
+  for (float v : ref) scale = std::max(scale, std::fabs(v));
+  char name[160];
+  for (int hint : {b.hint, 1}) {
+    gpu::AttentionArgs a{dq.p, q_stride, dk.p, dv.p, max_seq, n_heads, n_kv, hd, dplen.as<int32_t>(),
+                         dslots.as<int32_t>(), b.tree ? dbase.as<int32_t>() : nullptr,
+                         b.tree ? dmask.as<uint64_t>() : nullptr, T, dout.p, dt, hint};
+    GPU_OK(gpu::attention(a, nullptr));
+    std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d hint=%d", b.what.c_str(), dname(dt),
+                  n_heads, n_kv, hd, T, hint);
+    // fp32: both sum a few thousand fp32 terms in different orders (~1e-5 of the output's
+    // scale); fp16/bf16: inputs are exact in both, so only the output rounding differs.
+    expect_close(name, fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
+                 tol(dt, 2e-5, 2e-4, 2e-3) * scale);
+    if (hint == 1) break;
+  }
+}
+
+// Tree verification: per request, `commit` tokens to commit (causal) then a random tree of
+// `nodes` tokens after a prefix of `prefix` positions, as the LLM's verify step sees them.
+void test_tree_attention(DType dt, int n_heads, int n_kv, int hd, int requests, int prefix_max, int nodes_max) {
+  AttnBatch b;
+  b.tree = true;
+  b.what = "tree";
+  int max_seq = 0;
+  std::vector<int> prefixes;
+  for (int r = 0; r < requests; r++) prefixes.push_back(randi(prefix_max / 4, prefix_max));
+  for (int r = 0; r < requests; r++) max_seq = std::max(max_seq, prefixes[r] + 64 + 8);
+  for (int r = 0; r < requests; r++) {
+    const int slot = (r * 7 + 1) % (requests + 1), prefix = prefixes[r], nodes = randi(1, nodes_max);
+    const int commit = randi(0, 2);  // committed tokens at the end of the prefix, causal
+    for (int c = 0; c < commit; c++) {
+      b.slots.push_back(slot);
+      b.prefix_len.push_back(prefix - commit + c + 1);
+      b.base.push_back(0);
+      b.mask.push_back(0);
+    }
+    TokenTree tree;
+    for (int j = 0; j < nodes; j++) {
+      TreeNode n;
+      n.parent = j == 0 ? -1 : randi(0, j) - 1;
+      n.depth = n.parent < 0 ? 1 : tree.nodes()[n.parent].depth + 1;
+      n.token = j;
+      tree.add(n);
+    }
+    for (int j = 0; j < nodes; j++) {
+      b.slots.push_back(slot);
+      b.prefix_len.push_back(prefix);
+      b.base.push_back(prefix);
+      b.mask.push_back(tree.path_mask(j));
+    }
+    b.hint = std::max(b.hint, nodes + commit);
+  }
+  run_attention(dt, n_heads, n_kv, hd, max_seq, requests + 1, b);
+}
+
+// Prefill chunks (causal, prefix_len = position + 1) mixed with decode tokens of other slots.
+void test_causal_attention(DType dt, int n_heads, int n_kv, int hd, int chunk, int history, int decodes) {
+  AttnBatch b;
+  b.what = "prefill+decode";
+  const int max_seq = history + chunk + 8, n_slots = decodes + 1;
+  for (int i = 0; i < chunk; i++) {
+    b.slots.push_back(0);
+    b.prefix_len.push_back(history + i + 1);
+  }
+  for (int d = 0; d < decodes; d++) {
+    b.slots.push_back(d + 1);
+    b.prefix_len.push_back(randi(1, max_seq));
+  }
+  b.base.assign(b.slots.size(), 0);
+  b.mask.assign(b.slots.size(), 0);
+  b.hint = chunk;
+  run_attention(dt, n_heads, n_kv, hd, max_seq, n_slots, b);
+}
+
+void test_kv_commit(DType dt) {
+  const int layers = 3, max_req = 3, max_seq = 100, kv_dim = 96;
+  const size_t n = static_cast<size_t>(layers) * 2 * max_req * max_seq * kv_dim;
+  const auto kv = round_to(randu(n), dt);
+  // Accepted path [0, 2, 3, 5] of a tree at base 40 in slot 1 (moves that read what an earlier
+  // one... and that later ones overwrite), plus random moves in slot 2.
+  std::vector<int32_t> moves;
+  for (int i : {0, 1, 2, 3}) {
+    const int node[] = {0, 2, 3, 5};
+    moves.insert(moves.end(), {1, 40 + node[i], 40 + i});
+  }
+  for (int i = 0; i < 6; i++) moves.insert(moves.end(), {2, randi(0, max_seq - 1), randi(0, max_seq - 1)});
+  const int nm = static_cast<int>(moves.size() / 3);
+  DevBuf dkv = upload(encode(kv, dt)), dm = upload(moves);
+  GPU_OK(gpu::kv_commit(dkv.p, dm.as<int32_t>(), nm, layers, max_req, max_seq, kv_dim, dt, nullptr));
+  std::vector<float> ref = kv;  // the CPU forward's loop
+  const size_t slot_stride = static_cast<size_t>(max_seq) * kv_dim, half = max_req * slot_stride;
+  for (int m = 0; m < nm; m++) {
+    const int slot = moves[3 * m], src = moves[3 * m + 1], dst = moves[3 * m + 2];
+    if (src == dst) continue;
+    for (int l = 0; l < layers; l++)
+      for (int k = 0; k < 2; k++) {
+        float *c = ref.data() + (static_cast<size_t>(l) * 2 + k) * half + slot * slot_stride;
+        std::memcpy(c + static_cast<size_t>(dst) * kv_dim, c + static_cast<size_t>(src) * kv_dim, kv_dim * 4);
+      }
+  }
+  expect_close(std::string("kv_commit ") + dname(dt), fetch(dkv, n, dt), ref, 0, 0);
+}
+
+void test_argmax(DType dt) {
+  const int R = 5, vocab = 50000 + randi(0, 2000);
+  auto logits = randu(static_cast<size_t>(R) * vocab, -10, 10);
+  for (int r = 0; r < R; r++) {  // a tied maximum: the first one wins
+    const int a = randi(0, vocab - 1), b2 = randi(0, vocab - 1);
+    logits[static_cast<size_t>(r) * vocab + a] = logits[static_cast<size_t>(r) * vocab + b2] = 20.f;
+  }
+  logits = round_to(logits, dt);
+  DevBuf dl = upload(encode(logits, dt)), dout(R * 4);
+  GPU_OK(gpu::argmax_rows(dl.p, vocab, R, vocab, dout.as<int32_t>(), dt, nullptr));
+  const auto got = dout.get<int32_t>(R);
+  for (int r = 0; r < R; r++) EXPECT(got[r] == argmax(&logits[static_cast<size_t>(r) * vocab], vocab));
+}
+
+// Sampling: N draws of one row (ld = 0 repeats it) with counters 0..N-1. Checks: every draw
+// is in the CPU's kept set (support); frequencies within 5 sigma (+1e-3) of warped_probs;
+// with no truncation, the draws equal the CPU sampler's (same u, same id-order draw) but for
+// rounding at a boundary (>= 99%).
+void test_sampling(DType dt, int vocab, float temperature, float topp, int topk, bool quantize) {
+  auto logits = randu(vocab, -4, 4);
+  if (quantize)
+    for (float &x : logits) x = std::round(x * 2) / 2;  // many exact ties
+  logits = round_to(logits, dt);
+  const int N = 20000;
+  std::vector<gpu::SampleParams> params(N);
+  const uint64_t seed = rng();
+  for (int i = 0; i < N; i++) params[i] = {1, temperature, topp, topk, seed, static_cast<uint64_t>(i)};
+  DevBuf dl = upload(encode(logits, dt)), dp = upload(params), dout(N * 4);
+  GPU_OK(gpu::sample_rows(dl.p, 0, N, vocab, dp.as<gpu::SampleParams>(), dout.as<int32_t>(), dt, nullptr));
+  const auto got = dout.get<int32_t>(N);
+  const auto p = warped_probs(logits.data(), vocab, temperature, topp, topk);
+  std::vector<int> count(vocab, 0);
+  int outside = 0, same = 0;
+  for (int i = 0; i < N; i++) {
+    if (got[i] < 0 || got[i] >= vocab || p[got[i]] <= 0) {
+      outside++;
+      continue;
+    }
+    count[got[i]]++;
+    SampleSpec s;
+    s.do_sample = 1;
+    s.temperature = temperature;
+    s.topp = topp;
+    s.topk = topk;
+    s.seed = seed;
+    s.counter = i;
+    same += sample_token(logits.data(), vocab, s) == got[i];
+  }
+  char name[160];
+  std::snprintf(name, sizeof name, "sampling %s vocab=%d T=%.2f topp=%.2f topk=%d%s", dname(dt), vocab, temperature,
+                topp, topk, quantize ? " ties" : "");
+  double worst = 0;
+  for (int v = 0; v < vocab; v++) {
+    const double f = static_cast<double>(count[v]) / N, sd = std::sqrt(p[v] * (1 - p[v]) / N);
+    worst = std::max(worst, std::fabs(f - p[v]) - (5 * sd + 1e-3));
+  }
+  const bool untrunc = !(topk > 0 && topk < vocab) && !(topp > 0 && topp < 1);
+  const bool ok = outside == 0 && worst <= 0 && (!untrunc || same >= N * 99 / 100);
+  if (ok) {
+    g_pass++;
+  } else {
+    g_fail++;
+    std::printf("FAIL %s: %d draws outside the kept set, frequency excess %.3g, %d/%d equal to the CPU's\n", name,
+                outside, worst, same, N);
+  }
+  // Greedy rows: the argmax.
+  for (auto &s : params) s.do_sample = 0;
+  DevBuf dp2 = upload(params);
+  GPU_OK(gpu::sample_rows(dl.p, 0, 4, vocab, dp2.as<gpu::SampleParams>(), dout.as<int32_t>(), dt, nullptr));
+  EXPECT(dout.get<int32_t>(1)[0] == argmax(logits.data(), vocab));
+}
+
+// Warped distributions of selected rows and the per-node gathers, against warped_probs.
+void test_draft_probs(DType dt) {
+  const int rows_total = 6, vocab = 3000 + randi(0, 1000);
+  auto logits = round_to(randu(static_cast<size_t>(rows_total) * vocab, -5, 5), dt);
+  const std::vector<int32_t> rows = {4, 1, 1, 5};
+  const std::vector<gpu::SampleParams> params = {
+      {1, 1.0f, 1.0f, 0, 0, 0}, {1, 0.7f, 0.9f, 0, 0, 0}, {1, 1.3f, 1.0f, 50, 0, 0}, {1, 0.9f, 0.8f, 200, 0, 0}};
+  const int n = static_cast<int>(rows.size());
+  DevBuf dl = upload(encode(logits, dt)), dr = upload(rows), dp = upload(params),
+         dprobs(static_cast<size_t>(n) * vocab * 4);
+  GPU_OK(gpu::warped_probs_rows(dl.p, vocab, dr.as<int32_t>(), n, vocab, dp.as<gpu::SampleParams>(),
+                                dprobs.as<float>(), dt, nullptr));
+  const auto got = dprobs.get<float>(static_cast<size_t>(n) * vocab);
+  std::vector<float> ref(got.size());
+  for (int i = 0; i < n; i++) {
+    const auto p = warped_probs(&logits[static_cast<size_t>(rows[i]) * vocab], vocab, params[i].temperature,
+                                params[i].topp, params[i].topk);
+    for (int v = 0; v < vocab; v++) ref[static_cast<size_t>(i) * vocab + v] = static_cast<float>(p[v]);
+  }
+  // fp32 exp and sums against the CPU's double: ~1e-5 relative.
+  expect_close(std::string("warped_probs_rows ") + dname(dt), got, ref, 2e-5, 1e-9);
+  // Gathers: the draft probability of each node's token in its row.
+  std::vector<int32_t> row_of(40), toks(40);
+  for (int i = 0; i < 40; i++) {
+    row_of[i] = randi(0, n - 1);
+    toks[i] = randi(0, vocab - 1);
+  }
+  DevBuf dro = upload(row_of), dt2 = upload(toks), dq(40 * 4);
+  GPU_OK(gpu::gather_token_probs(dprobs.as<float>(), vocab, dro.as<int32_t>(), dt2.as<int32_t>(), 40, dq.as<float>(),
+                                 nullptr));
+  std::vector<float> qref(40);
+  for (int i = 0; i < 40; i++) qref[i] = got[static_cast<size_t>(row_of[i]) * vocab + toks[i]];
+  expect_close("gather_token_probs", dq.get<float>(40), qref, 0, 0);
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10)
+                                 : static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  rng.seed(seed);
+  int devices = 0;
+  const gpuError_t e = gpuGetDeviceCount(&devices);
+  if (e != gpuSuccess || devices == 0) {
+    std::printf("SKIP: no GPU (%s)\n", e != gpuSuccess ? gpuGetErrorString(e) : "no device found");
+    return report();
+  }
+  for (DType dt : kTypes) {
+    test_embedding(dt);
+    test_rms_norm(dt);
+    for (int scaling : {0, 1, 2}) test_rope(dt, scaling);
+    test_silu_mul(dt);
+    test_kv_commit(dt);
+    test_argmax(dt);
+    // Tree verification: GQA (LLaMA-3-8B shape), MQA, small GQA with head_dim 64.
+    test_tree_attention(dt, 32, 8, 128, 3, 2000, 64);
+    test_tree_attention(dt, 16, 1, 64, 2, 3000, 64);
+    test_tree_attention(dt, 9, 3, 64, 4, 300, 20);
+    // Prefill chunk + decode tokens (incremental decoding is the decode part).
+    test_causal_attention(dt, 8, 2, 64, 200, 300, 5);
+    test_causal_attention(dt, 32, 8, 128, 64, 1000, 8);
+    test_causal_attention(dt, 64, 1, 128, 17, 500, 3);  // MQA with more heads than a block's rows
+  }
+  test_tree_attention(DType::F32, 8, 8, 32, 2, 400, 30);
+  test_tree_attention(DType::BF16, 8, 2, 256, 2, 600, 40);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    test_sampling(dt, 64, 0.8f, 1.0f, 0, false);       // temperature only: the id-order draw
+    test_sampling(dt, 100, 1.3f, 0.8f, 10, false);     // top-k then top-p
+    test_sampling(dt, 5000, 1.0f, 0.9f, 0, false);     // top-p alone (candidates + full-row mass)
+    test_sampling(dt, 3000, 1.0f, 1.0f, 40, true);     // top-k boundary on tied logits
+    test_draft_probs(dt);
+  }
+  return report();
+}
