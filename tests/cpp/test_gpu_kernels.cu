@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -460,6 +461,88 @@ void test_draft_probs(DType dt) {
   expect_close("gather_token_probs", dq.get<float>(40), qref, 0, 0);
 }
 
+#ifdef FFS_HAVE_CUBLAS
+// linear (cuBLAS GemmEx) against cpu::linear on the same dtype-rounded inputs. The error of a
+// dot product scales with Σ_k |x_k w_k| (the "abs-sum scale", computed as cpu::linear of |x|,
+// |w|, |bias|), not with |y|, which cancellation can make tiny. Bound per element:
+//   |gpu - ref| <= rtol * |ref| + stol * scale
+// rtol: the output's one rounding to fp16 / bf16 (one ulp: 2^-10 / 2^-7; 0 in fp32).
+// stol: fp32-accumulation differences, ~1e-7 of the scale in practice; 5e-6 is loose for that
+// yet fails TF32 (inputs rounded to 10 mantissa bits: ~1e-5 of the scale at K = 4096), so the
+// default mode is checked to be true fp32. With allow_tf32: stol 1e-3.
+void test_linear(gpu::Blas *blas, DType dt, int M, int K, int N, bool with_bias, bool tf32 = false) {
+  const auto x = round_to(randu(static_cast<size_t>(M) * K), dt), w = round_to(randu(static_cast<size_t>(N) * K), dt);
+  const auto bias = with_bias ? round_to(randu(N), dt) : std::vector<float>();
+  std::vector<float> ref(static_cast<size_t>(M) * N), scale(ref.size());
+  cpu::linear(x.data(), w.data(), with_bias ? bias.data() : nullptr, ref.data(), M, N, K);
+  auto absv = [](std::vector<float> v) {
+    for (float &a : v) a = std::fabs(a);
+    return v;
+  };
+  const auto ax = absv(x), aw = absv(w), ab = absv(bias);
+  cpu::linear(ax.data(), aw.data(), with_bias ? ab.data() : nullptr, scale.data(), M, N, K);
+  DevBuf dx = upload(encode(x, dt)), dw = upload(encode(w, dt)), dy(ref.size() * gpu::dtype_size(dt));
+  std::unique_ptr<DevBuf> db;
+  if (with_bias) db = std::make_unique<DevBuf>(encode(bias, dt).data(), static_cast<size_t>(N) * gpu::dtype_size(dt));
+  char what[96];
+  std::snprintf(what, sizeof what, "linear %s M%d K%d N%d%s%s", dname(dt), M, K, N, with_bias ? " +bias" : "",
+                tf32 ? " tf32" : "");
+  const gpu::BlasStatus st = gpu::linear(blas, dx.p, dw.p, db ? db->p : nullptr, dy.p, M, N, K, dt, nullptr);
+  if (st != gpu::BlasStatus::Ok) {
+    g_fail++;
+    std::printf("FAIL %s: %s\n", what, gpu::blas_last_error(blas));
+    return;
+  }
+  const auto got = fetch(dy, ref.size(), dt);
+  const double rtol = tol(dt, 0, 1.0 / 1024, 1.0 / 128), stol = tf32 ? 1e-3 : 5e-6;
+  double worst = 0;  // largest |err| / bound
+  size_t at = 0;
+  for (size_t i = 0; i < ref.size(); i++) {
+    const double err = std::fabs(static_cast<double>(got[i]) - ref[i]);
+    const double r = err / (rtol * std::fabs(ref[i]) + stol * scale[i]);
+    if (!(r <= worst)) {
+      worst = r;
+      at = i;
+    }
+  }
+  if (worst <= 1.0) {
+    g_pass++;
+  } else {
+    g_fail++;
+    std::printf("FAIL %s: at %zu gpu %.7g ref %.7g scale %.4g (error %.2fx the bound; rtol %.2g stol %.1g)\n", what,
+                at, got[at], ref[at], scale[at], worst, rtol, stol);
+  }
+}
+
+// SmolLM2-135M's projections (hidden 576, 9 q + 3 kv heads of 64, intermediate 1536, vocab
+// 49152) and a 4096 x 4096 one, for decode (1), small trees (3, 17) and a prefill chunk (128).
+void test_projections() {
+  std::string error;
+  gpu::Blas *blas = gpu::blas_create(gpu::BlasOptions{}, &error);
+  if (!blas) {  // a GPU machine must have cuBLAS: the projections cannot run without it
+    g_fail++;
+    std::printf("FAIL cuBLAS: %s\n", error.c_str());
+    return;
+  }
+  std::printf("cuBLAS: %s\n", gpu::blas_library_path());
+  struct Shape {
+    int K, N;
+    bool bias;
+  };
+  const Shape shapes[] = {{576, 960, true},  {576, 576, false},   {576, 1536, false}, {576, 3072, false},
+                          {1536, 576, false}, {576, 49152, false}, {4096, 4096, true}};
+  for (DType dt : kTypes)
+    for (const Shape &s : shapes)
+      for (int M : {1, 3, 17, 128}) test_linear(blas, dt, M, s.K, s.N, s.bias);
+  gpu::blas_destroy(blas);
+  gpu::BlasOptions tf32;
+  tf32.allow_tf32 = true;
+  blas = gpu::blas_create(tf32, &error);
+  test_linear(blas, DType::F32, 17, 4096, 4096, false, true);
+  gpu::blas_destroy(blas);
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -498,5 +581,11 @@ int main(int argc, char **argv) {
     test_sampling(dt, 3000, 1.0f, 1.0f, 40, true);     // top-k boundary on tied logits
     test_draft_probs(dt);
   }
+#ifdef FFS_HAVE_CUBLAS
+  test_projections();
+#else
+  g_fail++;
+  std::printf("FAIL linear: built without cuBLAS headers (see the cmake log), so the projections are untested\n");
+#endif
   return report();
 }

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/gpu/gpu_compat.h"
 
@@ -99,5 +100,39 @@ gpuError_t warped_probs_rows(const void *logits, int64_t ld, const int32_t *rows
 // Per-node draft probabilities: q[i] = probs[row_of[i] * vocab + tokens[i]] for i < n.
 gpuError_t gather_token_probs(const float *probs, int vocab, const int32_t *row_of, const int32_t *tokens, int n,
                               float *q, gpuStream_t stream);
+
+// ---- Projections (gemm.cu): cuBLAS, loaded at run time ----
+// Built when CMake finds cuBLAS's headers (FFS_HAVE_CUBLAS is then defined for users of the
+// library); nothing links libcublas: the first blas_create dlopens it, trying in order
+//   1. $FFS_CUBLAS_LIBRARY (a libcublas.so.13 path, or the directory holding it),
+//   2. libcublas.so.13, libcublas.so by name (LD_LIBRARY_PATH, the ld.so cache, or a copy
+//      already loaded into the process, e.g. by torch),
+//   3. $VIRTUAL_ENV, $CONDA_PREFIX: lib/python3*/site-packages/nvidia/{cu13,cublas}/lib/
+//      (the nvidia-cublas wheel; CUDA 13 wheels use cu13/).
+// CUDA only for now (a HIP build would load hipBLAS the same way).
+struct Blas;  // one cuBLAS handle; use it from one host thread at a time
+struct BlasOptions {
+  // fp32 inputs: let cuBLAS round them to TF32 on tensor cores (~1e-3 relative). Off by
+  // default, so fp32 matches the CPU within ~1e-5.
+  bool allow_tf32 = false;
+};
+// Loads cuBLAS (once per process) and creates a handle; null on failure, with *error saying
+// why (every library path tried, or the cuBLAS status).
+Blas *blas_create(const BlasOptions &opts, std::string *error);
+void blas_destroy(Blas *b);
+// The loaded library's path, or null when none could be loaded (tries to load it).
+const char *blas_library_path();
+
+enum class BlasStatus : int32_t { Ok = 0, InvalidValue = 1, LaunchFailed = 2, CublasFailed = 3 };
+// The message of the handle's last failed call ("" after a success).
+const char *blas_last_error(const Blas *b);
+
+// y[M, N] = x[M, K] · w[N, K]^T (+ bias[N]), cpu::linear's semantics on HF's row-major [out,
+// in] weights: QKV, O, gate_up, down, LM head. x, w, bias, y all of dtype dt; fp32
+// accumulation (CUBLAS_COMPUTE_32F, no reduced-precision split-K reductions) and one rounding
+// on store: with a bias, y is first filled with it and cuBLAS adds x·w^T with beta = 1.
+// y must not overlap x or w. Enqueues on `stream`.
+BlasStatus linear(Blas *b, const void *x, const void *w, const void *bias, void *y, int M, int N, int K, DType dt,
+                  gpuStream_t stream);
 
 }  // namespace ffspec::gpu
