@@ -159,10 +159,34 @@ def test_unsupported(tmp_path):
         ff.Tokenizer(p)
 
 
-def test_decode_out_of_range(smollm2_dir):
-    tok = ff.Tokenizer(smollm2_dir / "tokenizer.json")
-    with pytest.raises(ff.InvalidArgumentError, match="outside the vocabulary"):
-        tok.decode([1, tok.vocab_size + 5])
+def test_decode_skips_ids_without_token(smollm2_dir):
+    """Models often have more embedding rows than tokens: an id with no token is skipped in
+    decode, as HF does, instead of failing a finished request."""
+    tok, hf = ff.Tokenizer(smollm2_dir / "tokenizer.json"), _hf_json(smollm2_dir / "tokenizer.json")
+    ids = tok.encode("Hello world") + [tok.vocab_size + 5] + tok.encode(" again")
+    assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False) == "Hello world again"
+
+
+def test_malformed_files_fail_cleanly(tmp_path):
+    """Hostile tokenizer.json contents end in a clear error, never a crash or a runaway."""
+    def write(pattern=None, vocab=None, added=None):
+        cfg = {"model": {"type": "BPE", "vocab": vocab or {"a": 0, "b": 1}, "merges": []}}
+        if pattern is not None:
+            cfg["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated"}
+        if added is not None:
+            cfg["added_tokens"] = added
+        p = tmp_path / f"case{len(list(tmp_path.iterdir()))}.json"
+        p.write_text(json.dumps(cfg))
+        return p
+    cases = [(write(pattern="(" * 20000 + "a" + ")" * 20000), ff.UnsupportedModelError, "nested deeper"),
+             (write(pattern="(?:a*)*"), ff.UnsupportedModelError, "empty string"),
+             (write(pattern="a{99999999999}"), ff.UnsupportedModelError, "repeat count"),
+             (write(vocab={"a": 0, "b": 300_000_000}), ff.CheckpointError, "far above"),
+             (write(vocab={"a": 0, "b": 1e12}), ff.CheckpointError, "whole number"),
+             (write(added=[{"id": -1, "content": "QQ", "special": True}]), ff.CheckpointError, "added token id")]
+    for path, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            ff.Tokenizer(path)
 
 
 def test_tiny_regex_and_added_token_rules(tmp_path):

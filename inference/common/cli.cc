@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -119,8 +120,13 @@ std::vector<Flag> flags(Mode mode) {
        [](Options &o, const std::string &v) { o.topk = to_int("--topk", v); }},
       {"--seed|-seed", "S", "sampling seed of the first request (request i gets S + i; default: random)",
        [](Options &o, const std::string &v) {
-         o.seed = to_int("--seed", v);
-         if (o.seed < 0) throw UsageError("--seed must be >= 0");
+         size_t used = 0;
+         try {
+           o.seed = std::stoll(v, &used);
+         } catch (const std::exception &) {
+           used = 0;
+         }
+         if (used != v.size() || v.empty() || o.seed < 0) throw UsageError("--seed expects an integer >= 0, got '" + v + "'");
        }},
       {"-tensor-parallelism-degree|--tensor-parallelism-degree", "N", "tensor-parallel shards (only 1 in this build)",
        [](Options &o, const std::string &v) { o.tensor_parallelism = to_int("-tensor-parallelism-degree", v); }},
@@ -432,17 +438,19 @@ int execute(const Options &o, Mode mode) {
     if (!o.output_file.empty()) out.open(o.output_file, std::ios::app);
     for (size_t i = 0; i < prompts.size(); i++) {
       Outcome &r = outs[i];
-      check(ffs_request_wait(llm.m, r.guid, -1, &r.res), "request " + std::to_string(r.guid));
+      const ffs_status_t st = ffs_request_wait(llm.m, r.guid, -1, &r.res);
+      if (st != FFS_OK && r.res.finish_reason != 3) check(st, "request " + std::to_string(r.guid));
+      if (st != FFS_OK) {  // this request failed; the others go on
+        std::fprintf(stderr, "%s: error: prompt %zu (guid %llu): %s\n", prog_name(mode), i,
+                     static_cast<unsigned long long>(r.guid), ffs_last_error());
+        status = 1;
+      }
       r.out.resize(r.res.num_output_tokens);
       check(ffs_request_get_tokens(llm.m, r.guid, r.out.data(), static_cast<int32_t>(r.out.size())), "tokens");
       r.accepted.resize(r.res.llm_decoding_steps);
       check(ffs_request_get_accepted(llm.m, r.guid, r.accepted.data(), static_cast<int32_t>(r.accepted.size())),
             "steps");
       check(ffs_request_release(llm.m, r.guid), "release");
-      if (r.res.finish_reason == 3) {
-        std::fprintf(stderr, "%s: error: request %zu failed\n", prog_name(mode), i);
-        status = 1;
-      }
       const std::string text = tok.decode(r.out);
       std::string ids;
       for (int32_t t : r.prompt) ids += (ids.empty() ? "" : ", ") + std::to_string(t);

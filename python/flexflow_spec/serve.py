@@ -291,7 +291,14 @@ class LLM:
         encoded = [self._encode(p) for p in batch]
         guids = self._submit_many([ids for _, ids in encoded], configs, max_length, max_new_tokens, return_logits,
                                   ignore_eos)
-        results = [self._collect(g, text, ids, return_logits) for g, (text, ids) in zip(guids, encoded)]
+        results, error = [], None
+        for g, (text, ids) in zip(guids, encoded):
+            try:
+                results.append(self._collect(g, text, ids, return_logits))
+            except FlexFlowSpecError as e:  # this request failed: still collect (and free) the others
+                error = error or e
+        if error is not None:
+            raise error
         self._write_output_file(results)
         return results[0] if single else results
 
@@ -320,7 +327,12 @@ class LLM:
 
     def _collect(self, guid: int, text, ids, return_logits: bool) -> GenerationResult:
         res = ffi.new("ffs_request_result_t *")
-        check(lib.ffs_request_wait(self._handle, guid, -1, res))
+        try:
+            check(lib.ffs_request_wait(self._handle, guid, -1, res))
+        except FlexFlowSpecError:
+            if res.finish_reason == 3:  # failed, but finished: forget it
+                lib.ffs_request_release(self._handle, guid)
+            raise
         n = res.num_output_tokens
         buf = ffi.new("int32_t[]", max(n, 1))
         check(lib.ffs_request_get_tokens(self._handle, guid, buf, n))

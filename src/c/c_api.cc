@@ -225,7 +225,11 @@ ffs_status_t ffs_request_submit_many(ffs_model_t m, int32_t num_requests, const 
     for (int32_t i = 0; i < num_requests; i++) {
       require(num_tokens[i] >= 0 && (tokens[i] || num_tokens[i] == 0), "bad prompt in ffs_request_submit_many");
       prompts[i].assign(tokens[i], tokens[i] + num_tokens[i]);
-      rps.push_back(params_from(m, params[i]));
+      try {
+        rps.push_back(params_from(m, params[i]));
+      } catch (const ffspec::Error &e) {
+        ffspec::fail(e.status(), "prompt " + std::to_string(i) + ": " + e.what());
+      }
     }
     const std::vector<uint64_t> g = rm.submit_many(prompts, rps);
     std::copy(g.begin(), g.end(), guids);

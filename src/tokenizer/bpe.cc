@@ -19,6 +19,10 @@ BpeModel::BpeModel(BpeConfig cfg, const std::string &what) : cfg_(std::move(cfg)
   int32_t max_id = -1;
   for (auto &v : cfg_.vocab) {
     if (v.second < 0) fail(FFS_ERR_BAD_CHECKPOINT, what + ": negative token id for '" + v.first + "'");
+    // Ids index a table: a sparse id far above the vocabulary's size is a broken file.
+    if (static_cast<int64_t>(v.second) > 4 * static_cast<int64_t>(cfg_.vocab.size()) + 1024)
+      fail(FFS_ERR_BAD_CHECKPOINT, what + ": token id " + std::to_string(v.second) + " of '" + v.first +
+                                       "' is far above the vocabulary's " + std::to_string(cfg_.vocab.size()) + " entries");
     vocab_[v.first] = v.second;
     max_id = std::max(max_id, v.second);
   }

@@ -1,10 +1,21 @@
 #include "tokenizer/pipeline.h"
 
+#include <climits>
+#include <cmath>
+
 #include "tokenizer/regex.h"
 #include "tokenizer/unicode.h"
 #include "util/error.h"
 
 namespace ffspec {
+
+int64_t json_int(const Json &j, int64_t lo, int64_t hi, const std::string &what) {
+  const double v = j.is_number() ? j.number() : std::nan("");
+  if (!(v >= static_cast<double>(lo) && v <= static_cast<double>(hi)) || v != std::floor(v))
+    fail(FFS_ERR_BAD_CHECKPOINT, what + " must be a whole number in [" + std::to_string(lo) + ", " +
+                                     std::to_string(hi) + "]");
+  return static_cast<int64_t>(v);
+}
 
 namespace {
 
@@ -630,8 +641,8 @@ std::unique_ptr<Decoder> make_decoder(const Json &j, const std::string &what) {
   if (t == "Strip") {
     auto d = std::make_unique<StripDec>();
     d->content = single_char(str_or(j, "content", " "), what);
-    d->start = static_cast<size_t>(j.get("start") ? j.get("start")->number() : 0);
-    d->stop = static_cast<size_t>(j.get("stop") ? j.get("stop")->number() : 0);
+    d->start = static_cast<size_t>(j.get("start") ? json_int(*j.get("start"), 0, 1 << 20, what + ": Strip start") : 0);
+    d->stop = static_cast<size_t>(j.get("stop") ? json_int(*j.get("stop"), 0, 1 << 20, what + ": Strip stop") : 0);
     return d;
   }
   if (t == "Metaspace") {
@@ -683,7 +694,8 @@ std::unique_ptr<PostProcessor> make_post_processor(const Json &j, const std::str
       std::vector<int32_t> ids;
       const Json *spec = specials ? specials->get(name) : nullptr;
       if (spec && spec->get("ids")) {
-        for (const Json &x : spec->get("ids")->array()) ids.push_back(static_cast<int32_t>(x.number()));
+        for (const Json &x : spec->get("ids")->array())
+          ids.push_back(static_cast<int32_t>(json_int(x, 0, INT32_MAX, what + ": special token id")));
       } else {
         ids.push_back(id_of(name));
       }
@@ -697,8 +709,8 @@ std::unique_ptr<PostProcessor> make_post_processor(const Json &j, const std::str
     const Json *cls = j.get("cls"), *sep = j.get("sep");
     if (!cls || !sep || cls->array().size() != 2 || sep->array().size() != 2)
       fail(FFS_ERR_BAD_CHECKPOINT, what + ": " + t + " needs cls and sep");
-    p->before.push_back(static_cast<int32_t>(cls->array()[1].number()));
-    p->after.push_back(static_cast<int32_t>(sep->array()[1].number()));
+    p->before.push_back(static_cast<int32_t>(json_int(cls->array()[1], 0, INT32_MAX, what + ": cls id")));
+    p->after.push_back(static_cast<int32_t>(json_int(sep->array()[1], 0, INT32_MAX, what + ": sep id")));
     return p;
   }
   unsupported(what, "post_processor", t);

@@ -53,6 +53,9 @@ std::unique_ptr<PostProcessor> make_post_processor(const Json &j, const std::str
                                                    const void *ctx);
 
 // GPT-2's byte <-> printable code point mapping used by ByteLevel stages.
+// A whole number from a tokenizer file within [lo, hi]; anything else is a broken file.
+int64_t json_int(const Json &j, int64_t lo, int64_t hi, const std::string &what);
+
 const std::vector<uint32_t> &byte_to_unicode();
 int byte_from_unicode(uint32_t cp);  // -1 if cp is not one of the 256
 std::string byte_level_encode(const std::string &s);

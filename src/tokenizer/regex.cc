@@ -90,6 +90,8 @@ class Parser {
   Regex::Program &prog_;
   std::vector<uint32_t> cps_;
   size_t i_ = 0;
+  int depth_ = 0;
+  static constexpr int kMaxDepth = 200, kMaxRepeat = 100000;
 
   [[noreturn]] void bad(const std::string &why) {
     fail(FFS_ERR_UNSUPPORTED, "regex pattern " + pat_ + " is not supported: " + why);
@@ -159,7 +161,10 @@ class Parser {
   bool read_int(int *v) {
     size_t s = i_;
     *v = 0;
-    while (more() && peek() >= '0' && peek() <= '9') *v = *v * 10 + (cps_[i_++] - '0');
+    while (more() && peek() >= '0' && peek() <= '9') {
+      *v = *v * 10 + static_cast<int>(cps_[i_++] - '0');
+      if (*v > kMaxRepeat) bad("repeat count above " + std::to_string(kMaxRepeat));
+    }
     return i_ > s;
   }
   std::unique_ptr<Node> lit(uint32_t c, bool icase) {
@@ -314,7 +319,10 @@ class Parser {
     switch (c) {
       case '(': {
         auto wrap = [&](Node::Kind k, bool neg, bool ic) {
+          // The parser recurses per group: bound it, or a crafted pattern overflows the stack.
+          if (++depth_ > kMaxDepth) bad("groups nested deeper than " + std::to_string(kMaxDepth));
           auto inner = alt(ic);
+          depth_--;
           if (!more() || peek() != ')') bad("missing ')'");
           i_++;
           if (k == Node::Cat) return inner;
@@ -382,6 +390,8 @@ class Parser {
 };
 
 class Compiler {
+  static constexpr size_t kMaxProgram = 1 << 20;
+
  public:
   explicit Compiler(Regex::Program &p) : p_(p) {}
   uint32_t compile_sub(const Node &n) {
@@ -396,6 +406,9 @@ class Compiler {
   Regex::Program &p_;
 
   void emit(const Node &n, std::vector<Inst> &code) {
+    if (code.size() > kMaxProgram)
+      fail(FFS_ERR_UNSUPPORTED, "regex pattern is not supported: it compiles to more than " +
+                                    std::to_string(kMaxProgram) + " instructions");
     switch (n.kind) {
       case Node::Lit:
         if (n.lits.size() == 1) {
@@ -457,7 +470,29 @@ class Compiler {
     code[at].a = static_cast<uint32_t>(greedy ? body : out);
     code[at].b = static_cast<uint32_t>(greedy ? out : body);
   }
+  // Can n match without consuming input?
+  static bool nullable(const Node &n) {
+    switch (n.kind) {
+      case Node::Lit: case Node::Class: case Node::Any: return false;
+      case Node::Cat:
+        for (const auto &k : n.kids)
+          if (!nullable(*k)) return false;
+        return true;
+      case Node::Alt:
+        for (const auto &k : n.kids)
+          if (nullable(*k)) return true;
+        return false;
+      case Node::Rep: return n.min == 0 || nullable(*n.kids[0]);
+      case Node::Atomic: return nullable(*n.kids[0]);
+      default: return true;  // assertions and lookarounds consume nothing
+    }
+  }
   void emit_rep(const Node &body, int mn, int mx, bool greedy, std::vector<Inst> &code) {
+    // An unbounded loop whose body can match nothing would never stop backtracking; no
+    // tokenizer pattern needs one.
+    if (mx < 0 && nullable(body))
+      fail(FFS_ERR_UNSUPPORTED, "regex pattern is not supported: an unbounded repeat of a part that can match "
+                                "the empty string");
     for (int k = 0; k < mn; k++) emit(body, code);
     if (mx < 0) {
       size_t loop = code.size();
@@ -548,7 +583,12 @@ Regex::Regex(const std::string &pattern) : pattern_(pattern), prog_(std::make_un
   auto ast = parser.parse();
   prog_->progs.emplace_back();  // slot 0: main program
   Compiler comp(*prog_);
-  uint32_t idx = comp.compile_sub(*ast);
+  uint32_t idx = 0;
+  try {
+    idx = comp.compile_sub(*ast);
+  } catch (const Error &e) {
+    fail(e.status(), std::string(e.what()) + ": " + pattern);
+  }
   std::swap(prog_->progs[0], prog_->progs[idx]);
   prog_->progs.pop_back();
   // Sub-program indices above idx are unaffected; idx itself was the last one.

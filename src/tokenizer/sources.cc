@@ -2,11 +2,13 @@
 // turned into the pipeline HF builds for them (transformers' LlamaTokenizer for SentencePiece
 // BPE; the original checkpoints' tokenizer.json for GGUF pre-tokenizer names).
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <unordered_map>
 
+#include "tokenizer/pipeline.h"
 #include "tokenizer/spec.h"
 #include "tokenizer/unicode.h"
 #include "util/error.h"
@@ -206,6 +208,10 @@ GgufMeta read_gguf_meta(const std::string &file) {
     } else if (t == 9) {
       uint32_t at = u32();
       uint64_t n = u64();
+      // Every element takes at least one byte: a count beyond the file is corruption.
+      if (n > static_cast<uint64_t>(end - p))
+        fail(FFS_ERR_BAD_CHECKPOINT, file + ": truncated or malformed GGUF (array " + key + " claims " +
+                                         std::to_string(n) + " elements)");
       if (at == 8) {
         auto &v = m.string_arrays[key];
         v.reserve(n);
@@ -320,7 +326,8 @@ TokenizerSpec spec_from_tokenizer_json(const std::string &file, const Json &conf
   if (!vocab || !vocab->is_object()) fail(FFS_ERR_BAD_CHECKPOINT, file + ": model.vocab is not an object");
   for (auto &kv : vocab->object()) {
     if (!kv.second.is_number()) fail(FFS_ERR_BAD_CHECKPOINT, file + ": vocab entry '" + kv.first + "' has no id");
-    spec.model.vocab.emplace_back(kv.first, static_cast<int32_t>(kv.second.number()));
+    spec.model.vocab.emplace_back(
+        kv.first, static_cast<int32_t>(json_int(kv.second, 0, INT32_MAX, file + ": id of vocab entry '" + kv.first + "'")));
   }
   if (const Json *merges = model->get("merges")) {
     for (const Json &m : merges->array()) {
@@ -353,7 +360,7 @@ TokenizerSpec spec_from_tokenizer_json(const std::string &file, const Json &conf
     for (const Json &a : added->array()) {
       AddedTokenSpec t;
       if (!a.get("id") || !a.get("content")) fail(FFS_ERR_BAD_CHECKPOINT, file + ": added token without id/content");
-      t.id = static_cast<int32_t>(a.get("id")->number());
+      t.id = static_cast<int32_t>(json_int(*a.get("id"), 0, INT32_MAX, file + ": added token id"));
       t.content = a.get("content")->str();
       auto b = [&](const char *k, bool d) { return a.get(k) && a.get(k)->is_bool() ? a.get(k)->boolean() : d; };
       t.special = b("special", false);

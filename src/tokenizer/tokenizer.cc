@@ -3,6 +3,8 @@
 // BPE model; the post-processor adds special tokens. Also: Tokenizer::load and StreamDecoder.
 #include "tokenizer/tokenizer.h"
 
+#include <fstream>
+
 #include <filesystem>
 #include <unordered_map>
 
@@ -103,8 +105,14 @@ class HfTokenizer : public Tokenizer {
         if (a.normalized) norm_trie_.insert(normalizer_ ? normalizer_->apply(a.content) : a.content, static_cast<int>(k));
         else raw_trie_.insert(a.content, static_cast<int>(k));
       }
-    vocab_size_ = model_.max_id() + 1;
-    for (auto &a : added_) vocab_size_ = std::max(vocab_size_, a.id + 1);
+    int64_t size = static_cast<int64_t>(model_.max_id()) + 1;
+    for (auto &a : added_) {
+      if (a.id < 0 || a.id > size + 4 * static_cast<int64_t>(added_.size()) + 1024)
+        fail(FFS_ERR_BAD_CHECKPOINT, source_ + ": added token '" + a.content + "' has id " + std::to_string(a.id) +
+                                         ", outside the vocabulary");
+      size = std::max(size, static_cast<int64_t>(a.id) + 1);
+    }
+    vocab_size_ = static_cast<int32_t>(size);
     bos_id_ = spec.bos_token.empty() ? spec.bos_id : token_to_id(spec.bos_token);
     eos_id_ = spec.eos_token.empty() ? spec.eos_id : token_to_id(spec.eos_token);
   }
@@ -148,11 +156,10 @@ class HfTokenizer : public Tokenizer {
         if (!(skip_special_tokens && added_[it->second].special)) tokens.push_back(added_[it->second].content);
         continue;
       }
+      // An id with no token (a model's embedding rows often outnumber its tokens) is skipped,
+      // as Hugging Face's decode does.
       const std::string *t = model_.id_to_token(id);
-      if (!t)
-        fail(FFS_ERR_INVALID_ARGUMENT, "token id " + std::to_string(id) + " is outside the vocabulary of " + source_ +
-                                           " (size " + std::to_string(vocab_size_) + ")");
-      tokens.push_back(*t);
+      if (t) tokens.push_back(*t);
     }
     if (!decoder_) {
       std::string out;
@@ -282,7 +289,13 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string &path) {
   Json config = read_config(p.parent_path());
   if (ends_with(path, ".json")) return build_tokenizer(spec_from_tokenizer_json(path, config));
   if (ends_with(path, ".model")) return build_tokenizer(spec_from_sentencepiece(path, config));
-  std::string head = read_text_file(path).substr(0, 4);
+  std::string head(4, '\0');
+  {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) fail(FFS_ERR_NOT_FOUND, "cannot read tokenizer file " + path);
+    f.read(head.data(), 4);
+    head.resize(static_cast<size_t>(f.gcount()));
+  }
   if (head == "GGUF") return build_tokenizer(spec_from_gguf(path));
   if (!head.empty() && head[0] == '{') return build_tokenizer(spec_from_tokenizer_json(path, config));
   return build_tokenizer(spec_from_sentencepiece(path, config));
@@ -303,8 +316,14 @@ std::string StreamDecoder::decode_range(size_t from, size_t to) const {
 
 std::string StreamDecoder::put(int32_t id) {
   ids_.push_back(id);
-  const std::string before = decode_range(prefix_, read_);
-  const std::string now = decode_range(prefix_, ids_.size());
+  std::string before, now;
+  try {
+    before = decode_range(prefix_, read_);
+    now = decode_range(prefix_, ids_.size());
+  } catch (...) {
+    ids_.pop_back();  // the stream stays usable
+    throw;
+  }
   if (now.size() <= before.size() || ends_incomplete(now) || now.compare(0, before.size(), before) != 0)
     return std::string();
   prefix_ = read_;

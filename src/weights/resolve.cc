@@ -50,7 +50,10 @@ std::string from_hub_repo(const fs::path &repo, std::vector<std::string> &looked
   if (!fs::is_directory(snaps, ec)) return "";
   std::ifstream ref(repo / "refs" / "main");
   std::string rev;
-  if (ref && std::getline(ref, rev) && !rev.empty() && usable(snaps / rev)) return (snaps / rev).string();
+  // refs/main names a commit hash; anything with a path separator is not one.
+  if (ref && std::getline(ref, rev) && !rev.empty() && rev.find('/') == std::string::npos && rev != "." &&
+      rev != ".." && usable(snaps / rev))
+    return (snaps / rev).string();
   std::vector<std::pair<fs::file_time_type, fs::path>> cands;
   for (const auto &e : fs::directory_iterator(snaps, ec))
     if (usable(e.path())) cands.push_back({fs::last_write_time(e.path(), ec), e.path()});
@@ -80,7 +83,8 @@ std::string resolve_model(const std::string &name, const std::string &cache_fold
   if (path_exists(p)) return canonical_or_same(p);
   std::vector<std::string> looked{p.string()};
   const bool hub_id = name.find('/') != std::string::npos && name[0] != '/' && name[0] != '.' && name[0] != '~' &&
-                      std::count(name.begin(), name.end(), '/') == 1 && name.back() != '/';
+                      std::count(name.begin(), name.end(), '/') == 1 && name.back() != '/' &&
+                      name.find("..") == std::string::npos;
   if (hub_id) {
     const std::string repo = "models--" + name.substr(0, name.find('/')) + "--" + name.substr(name.find('/') + 1);
     std::vector<fs::path> hubs;
