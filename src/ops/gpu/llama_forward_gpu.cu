@@ -1,0 +1,399 @@
+// llama_forward_cpu (src/ops/llama_forward.cc) step by step on the GPU kernels. The map:
+//   commits memcpy loop        -> kv_commit (all layers, K and V, list order)
+//   embedding memcpy           -> embedding
+//   rms_norm / add_inplace     -> add_rms_norm (the residual add fused into the next norm)
+//   linear (QKV, O, gate_up, down, LM head) -> linear (cuBLAS GemmEx, fp32 accumulation)
+//   rope on Q, rope on K       -> rope once over Q and K heads of the fused QKV row
+//   K/V memcpy into the cache  -> kv_store (below: the one kernel of this file)
+//   attention                  -> attention (same prefix_len / tree_base / tree_mask)
+//   silu_mul                   -> silu_mul
+//   gather logit rows + norm   -> add_rms_norm over all rows, then embedding as a row gather
+// Everything is enqueued on one stream; the step's small int arrays travel in one copy.
+#include "ops/gpu/llama_forward_gpu.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/gpu/dispatch.cuh"
+
+// Stream and async-copy names gpu_compat.h does not map (yet).
+#if defined(FFS_HIP) || defined(__HIP_PLATFORM_AMD__)
+#define gpuMemcpyAsync hipMemcpyAsync
+#define gpuMemsetAsync hipMemsetAsync
+#define gpuMemset hipMemset
+#define gpuStreamCreateWithFlags hipStreamCreateWithFlags
+#define gpuStreamNonBlocking hipStreamNonBlocking
+#define gpuStreamSynchronize hipStreamSynchronize
+#define gpuStreamDestroy hipStreamDestroy
+#else
+#define gpuMemcpyAsync cudaMemcpyAsync
+#define gpuMemsetAsync cudaMemsetAsync
+#define gpuMemset cudaMemset
+#define gpuStreamCreateWithFlags cudaStreamCreateWithFlags
+#define gpuStreamNonBlocking cudaStreamNonBlocking
+#define gpuStreamSynchronize cudaStreamSynchronize
+#define gpuStreamDestroy cudaStreamDestroy
+#endif
+
+namespace ffspec::gpu {
+
+namespace {
+
+static_assert(sizeof(KvMove) == 3 * sizeof(int32_t), "kv_commit reads KvMove as int32 triples");
+
+// cache_k/v[slot[t]][cache_pos[t]] = qkv[t, Q : Q+KV] / qkv[t, Q+KV : Q+2KV] (cpu: the memcpy
+// loop after rope). E: a raw element of the dtype's size; a copy needs no arithmetic.
+template <typename E>
+__global__ void kv_store_kernel(const E *qkv, int qkv_dim, int q_dim, int kv_dim, const int32_t *slots,
+                                const int32_t *cache_pos, E *cache_k, E *cache_v, int max_seq) {
+  const int t = blockIdx.y;
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= kv_dim) return;
+  const E *row = qkv + static_cast<size_t>(t) * qkv_dim + q_dim;
+  const size_t dst = (static_cast<size_t>(slots[t]) * max_seq + cache_pos[t]) * kv_dim + c;
+  cache_k[dst] = row[c];
+  cache_v[dst] = row[kv_dim + c];
+}
+
+gpuError_t kv_store(const void *qkv, int T, int qkv_dim, int q_dim, int kv_dim, const int32_t *slots,
+                    const int32_t *cache_pos, void *cache_k, void *cache_v, int max_seq, DType dt, gpuStream_t stream) {
+  if (T <= 0) return gpuSuccess;
+  const dim3 grid(ceil_div(kv_dim, 128), T);
+  if (dtype_size(dt) == 4) {
+    FFS_LAUNCH(kv_store_kernel<uint32_t>, grid, 128, 0, stream, static_cast<const uint32_t *>(qkv), qkv_dim, q_dim,
+               kv_dim, slots, cache_pos, static_cast<uint32_t *>(cache_k), static_cast<uint32_t *>(cache_v), max_seq);
+  } else {
+    FFS_LAUNCH(kv_store_kernel<uint16_t>, grid, 128, 0, stream, static_cast<const uint16_t *>(qkv), qkv_dim, q_dim,
+               kv_dim, slots, cache_pos, static_cast<uint16_t *>(cache_k), static_cast<uint16_t *>(cache_v), max_seq);
+  }
+  return gpuGetLastError();
+}
+
+// One device allocation that only grows.
+struct DeviceBuffer {
+  void *p = nullptr;
+  size_t bytes = 0;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer &) = delete;
+  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
+  ~DeviceBuffer() {
+    if (p) gpuFree(p);
+  }
+  gpuError_t reserve(size_t n) {
+    if (n <= bytes) return gpuSuccess;
+    if (p) gpuFree(p);
+    p = nullptr;
+    bytes = 0;
+    const gpuError_t e = gpuMalloc(&p, n);
+    if (e == gpuSuccess) bytes = n;
+    return e;
+  }
+  template <typename V>
+  V *at(size_t byte_offset) const {
+    return reinterpret_cast<V *>(static_cast<char *>(p) + byte_offset);
+  }
+};
+
+// Host -> dtype bits (the weights are converted on the host, a chunk at a time).
+void encode(const float *x, size_t n, DType dt, void *dst) {
+  if (dt == DType::F32) {
+    std::memcpy(dst, x, n * sizeof(float));
+  } else if (dt == DType::F16) {
+    auto *o = static_cast<gpu_half *>(dst);
+    for (size_t i = 0; i < n; i++) o[i] = __float2half_rn(x[i]);
+  } else {
+    auto *o = static_cast<gpu_bf16 *>(dst);
+    for (size_t i = 0; i < n; i++) o[i] = __float2bfloat16_rn(x[i]);
+  }
+}
+void decode(const void *src, size_t n, DType dt, float *x) {
+  if (dt == DType::F32) {
+    std::memcpy(x, src, n * sizeof(float));
+  } else if (dt == DType::F16) {
+    const auto *s = static_cast<const gpu_half *>(src);
+    for (size_t i = 0; i < n; i++) x[i] = __half2float(s[i]);
+  } else {
+    const auto *s = static_cast<const gpu_bf16 *>(src);
+    for (size_t i = 0; i < n; i++) x[i] = __bfloat162float(s[i]);
+  }
+}
+
+std::string gpu_message(const char *what, gpuError_t e) { return std::string(what) + ": " + gpuGetErrorString(e); }
+
+// Packs the step's small arrays into one host blob (16-byte aligned pieces) for one copy.
+struct Packer {
+  std::vector<uint8_t> blob;
+  template <typename V>
+  size_t add(const V *data, size_t n) {
+    const size_t at = (blob.size() + 15) / 16 * 16;
+    blob.resize(at + n * sizeof(V));
+    if (n) std::memcpy(blob.data() + at, data, n * sizeof(V));
+    return at;
+  }
+};
+
+}  // namespace
+
+struct GpuLlama::Impl {
+  LlamaConfig cfg;
+  LlamaLayout layout;
+  DType dt = DType::F32;
+  size_t es = 4;  // element size
+  int max_requests = 0, max_seq = 0;
+  DeviceBuffer weights, kv, inv_freq;
+  DeviceBuffer act;   // activations [capacity tokens] (offsets below)
+  DeviceBuffer meta;  // the step's int arrays
+  int capacity = 0;   // tokens the activation buffer holds
+  size_t off_res = 0, off_h = 0, off_h2 = 0, off_qkv = 0, off_attn = 0, off_gu = 0, off_act = 0;
+  DeviceBuffer head;  // [R, H] gathered rows + [R, vocab] logits
+  std::vector<uint8_t> logits_host;  // dtype bits of the logits before conversion to fp32
+  Blas *blas = nullptr;
+  gpuStream_t stream = nullptr;
+
+  ~Impl() {
+    if (blas) blas_destroy(blas);
+    if (stream) gpuStreamDestroy(stream);
+  }
+  const void *w(size_t offset) const { return static_cast<const char *>(weights.p) + offset * es; }
+
+  gpuError_t reserve_tokens(int T) {
+    if (T <= capacity) return gpuSuccess;
+    const size_t H = cfg.hidden_size, I = cfg.intermediate_size;
+    size_t off = 0;
+    auto take = [&](size_t elems) {
+      const size_t at = off;
+      off += (elems * es + 255) / 256 * 256;
+      return at;
+    };
+    const size_t t = static_cast<size_t>(T);
+    off_res = take(t * H);                 // residual stream [T, H]
+    off_h = take(t * H);                   // normed input of a projection [T, H]
+    off_h2 = take(t * H);                  // O / down projection output [T, H]
+    off_qkv = take(t * cfg.qkv_dim());     // [T, QKV]
+    off_attn = take(t * cfg.q_dim());      // [T, Q]
+    off_gu = take(t * 2 * I);              // [T, 2I]
+    off_act = take(t * I);                 // [T, I]
+    const gpuError_t e = act.reserve(off);
+    if (e == gpuSuccess) capacity = T;
+    return e;
+  }
+  void *a(size_t off) const { return static_cast<char *>(act.p) + off; }
+};
+
+GpuLlama::GpuLlama(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GpuLlama::~GpuLlama() = default;
+void *GpuLlama::kv_cache() const { return impl_->kv.p; }
+size_t GpuLlama::kv_cache_bytes() const { return impl_->kv.bytes; }
+DType GpuLlama::dtype() const { return impl_->dt; }
+gpuStream_t GpuLlama::stream() const { return impl_->stream; }
+
+std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string *error) {
+  auto fail = [&](const std::string &m) {
+    if (error) *error = "GpuLlama: " + m;
+    return std::unique_ptr<GpuLlama>();
+  };
+  if (!p.cfg || !p.layout || !p.inv_freq || !p.weights) return fail("cfg, layout, inv_freq and weights are required");
+  const LlamaConfig &c = *p.cfg;
+  if (p.max_requests <= 0 || p.max_seq <= 0) return fail("max_requests and max_seq must be positive");
+  if (c.num_heads <= 0 || c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0)
+    return fail("num_heads must be a positive multiple of num_kv_heads");
+  if (c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128 && c.head_dim != 256)
+    return fail("head_dim " + std::to_string(c.head_dim) + " unsupported (attention: 32, 64, 128, 256)");
+  if (p.layout->layers.size() != static_cast<size_t>(c.num_layers)) return fail("layout does not match the config");
+  if (p.dtype != DType::F32 && p.dtype != DType::F16 && p.dtype != DType::BF16) return fail("unknown dtype");
+  auto impl = std::make_unique<Impl>();
+  Impl &m = *impl;
+  m.cfg = c;
+  m.layout = *p.layout;
+  m.dt = p.dtype;
+  m.es = dtype_size(p.dtype);
+  m.max_requests = p.max_requests;
+  m.max_seq = p.max_seq;
+  gpuError_t e = gpuStreamCreateWithFlags(&m.stream, gpuStreamNonBlocking);
+  if (e != gpuSuccess) return fail(gpu_message("stream", e));
+  std::string blas_error;
+  m.blas = blas_create(p.blas, &blas_error);
+  if (!m.blas) return fail(blas_error);
+
+  // Weights: converted on the host in chunks (no second full-size host copy), copied in order.
+  const size_t total = m.layout.total;
+  if ((e = m.weights.reserve(total * m.es)) != gpuSuccess) return fail(gpu_message("weights", e));
+  if (m.dt == DType::F32) {
+    e = gpuMemcpy(m.weights.p, p.weights, total * 4, gpuMemcpyHostToDevice);
+  } else {
+    const size_t chunk = size_t(1) << 24;
+    std::vector<uint8_t> staging(std::min(chunk, total) * m.es);
+    for (size_t at = 0; at < total && e == gpuSuccess; at += chunk) {
+      const size_t n = std::min(chunk, total - at);
+      encode(p.weights + at, n, m.dt, staging.data());
+      e = gpuMemcpy(static_cast<char *>(m.weights.p) + at * m.es, staging.data(), n * m.es, gpuMemcpyHostToDevice);
+    }
+  }
+  if (e != gpuSuccess) return fail(gpu_message("weights upload", e));
+  if ((e = m.inv_freq.reserve(c.head_dim / 2 * sizeof(float))) != gpuSuccess ||
+      (e = gpuMemcpy(m.inv_freq.p, p.inv_freq, c.head_dim / 2 * sizeof(float), gpuMemcpyHostToDevice)) != gpuSuccess)
+    return fail(gpu_message("inv_freq", e));
+  // Zeroed: attention reads whole K/V tiles up to kv_end and multiplies the hidden ones by 0,
+  // so a never-written position must not hold NaN bits.
+  const size_t kv_bytes = static_cast<size_t>(c.num_layers) * 2 * p.max_requests * p.max_seq * c.kv_dim() * m.es;
+  if ((e = m.kv.reserve(kv_bytes)) != gpuSuccess || (e = gpuMemset(m.kv.p, 0, kv_bytes)) != gpuSuccess)
+    return fail(gpu_message("KV cache", e));
+  if ((e = m.reserve_tokens(std::max(p.max_tokens, 1))) != gpuSuccess) return fail(gpu_message("activations", e));
+  return std::unique_ptr<GpuLlama>(new GpuLlama(std::move(impl)));
+}
+
+bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *error) {
+  Impl &m = *impl_;
+  const LlamaConfig &c = m.cfg;
+  auto fail = [&](const std::string &msg) {
+    if (error) *error = "GpuLlama::step: " + msg;
+    return false;
+  };
+  const int T = static_cast<int>(b.num_tokens()), R = static_cast<int>(b.num_rows());
+  const int H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  const int Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim();
+  const bool tree = !b.cache_pos.empty();
+
+  // ---- validate on the host: the kernels index with these values unchecked ----
+  const size_t t = b.tokens.size();
+  if (b.positions.size() != t || b.slots.size() != t) return fail("positions and slots must have one entry per token");
+  if (tree && (b.cache_pos.size() != t || b.prefix_len.size() != t || b.tree_base.size() != t ||
+               b.tree_mask.size() != t))
+    return fail("tree batch: cache_pos, prefix_len, tree_base, tree_mask need one entry per token");
+  if (out.tokens && b.samples.size() != b.logit_rows.size()) return fail("samples must have one entry per logit row");
+  std::vector<int32_t> cache_pos(T), prefix_len(T);
+  for (int i = 0; i < T; i++) {
+    cache_pos[i] = tree ? b.cache_pos[i] : b.positions[i];
+    prefix_len[i] = tree ? b.prefix_len[i] : b.positions[i] + 1;
+    if (b.tokens[i] < 0 || b.tokens[i] >= V) return fail("token " + std::to_string(i) + " id out of range");
+    if (b.slots[i] < 0 || b.slots[i] >= m.max_requests)
+      return fail("token " + std::to_string(i) + " slot out of range");
+    if (b.positions[i] < 0 || cache_pos[i] < 0 || cache_pos[i] >= m.max_seq || prefix_len[i] < 0 ||
+        prefix_len[i] > m.max_seq)
+      return fail("token " + std::to_string(i) + " position out of range of max_seq " + std::to_string(m.max_seq));
+    if (tree && b.tree_mask[i] &&
+        (b.tree_base[i] < 0 || b.tree_base[i] + 64 - __builtin_clzll(b.tree_mask[i]) > m.max_seq))
+      return fail("token " + std::to_string(i) + " tree mask reaches past max_seq");
+  }
+  for (const KvMove &mv : b.commits)
+    if (mv.slot < 0 || mv.slot >= m.max_requests || mv.src < 0 || mv.src >= m.max_seq || mv.dst < 0 ||
+        mv.dst >= m.max_seq)
+      return fail("KvMove out of range");
+  for (int r : b.logit_rows)
+    if (r < 0 || r >= T) return fail("logit row out of range");
+
+  // ---- the step's int arrays, in one copy ----
+  std::vector<SampleParams> params;
+  if (out.tokens)
+    for (const SampleSpec &s : b.samples)
+      params.push_back({s.do_sample, s.temperature, s.topp, s.topk, s.seed, s.counter});
+  Packer pk;
+  const size_t o_tok = pk.add(b.tokens.data(), T), o_pos = pk.add(b.positions.data(), T);
+  const size_t o_slot = pk.add(b.slots.data(), T), o_cpos = pk.add(cache_pos.data(), T);
+  const size_t o_plen = pk.add(prefix_len.data(), T);
+  const size_t o_base = pk.add(tree ? b.tree_base.data() : nullptr, tree ? T : 0);
+  const size_t o_mask = pk.add(tree ? b.tree_mask.data() : nullptr, tree ? T : 0);
+  const size_t o_moves = pk.add(b.commits.data(), b.commits.size());
+  const size_t o_rows = pk.add(b.logit_rows.data(), R);
+  const size_t o_params = pk.add(params.data(), params.size());
+  const size_t o_out = pk.add(static_cast<const int32_t *>(nullptr), 0);
+  const size_t meta_bytes = o_out + static_cast<size_t>(R) * sizeof(int32_t);
+
+  gpuError_t e;
+  if ((e = m.meta.reserve(meta_bytes)) != gpuSuccess || (e = m.reserve_tokens(T)) != gpuSuccess)
+    return fail(gpu_message("scratch", e));
+  const size_t head_bytes = (static_cast<size_t>(R) * H * m.es + 255) / 256 * 256 + static_cast<size_t>(R) * V * m.es;
+  if ((e = m.head.reserve(head_bytes)) != gpuSuccess) return fail(gpu_message("LM head scratch", e));
+  gpuStream_t s = m.stream;
+  // pk.blob (pageable) outlives the copy: step() synchronizes before returning.
+  if (!pk.blob.empty() &&
+      (e = gpuMemcpyAsync(m.meta.p, pk.blob.data(), pk.blob.size(), gpuMemcpyHostToDevice, s)) != gpuSuccess)
+    return fail(gpu_message("batch upload", e));
+  const int32_t *d_tok = m.meta.at<int32_t>(o_tok), *d_pos = m.meta.at<int32_t>(o_pos);
+  const int32_t *d_slot = m.meta.at<int32_t>(o_slot), *d_cpos = m.meta.at<int32_t>(o_cpos);
+  const int32_t *d_plen = m.meta.at<int32_t>(o_plen);
+
+  auto check = [&](gpuError_t err, const char *what) {
+    if (err != gpuSuccess && error) *error = gpu_message((std::string("GpuLlama::step: ") + what).c_str(), err);
+    return err == gpuSuccess;
+  };
+  auto gemm = [&](const void *x, size_t w_off, const void *bias, void *y, int M, int N, int K) {
+    const BlasStatus st = linear(m.blas, x, m.w(w_off), bias, y, M, N, K, m.dt, s);
+    if (st != BlasStatus::Ok && error) *error = std::string("GpuLlama::step: linear: ") + blas_last_error(m.blas);
+    return st == BlasStatus::Ok;
+  };
+
+  // Accepted tree tokens' K/V move to their final positions before anything reads them.
+  if (!b.commits.empty() &&
+      !check(kv_commit(m.kv.p, m.meta.at<int32_t>(o_moves), static_cast<int>(b.commits.size()), c.num_layers,
+                       m.max_requests, m.max_seq, KV, m.dt, s),
+             "kv_commit"))
+    return false;
+  if (T > 0) {
+    // Consecutive tokens sharing a slot (the chunk or tree size): attention's tile hint.
+    int hint = 1;
+    for (int i = 1, run = 1; i < T; i++) {
+      run = b.slots[i] == b.slots[i - 1] ? run + 1 : 1;
+      hint = std::max(hint, run);
+    }
+    void *res = m.a(m.off_res), *h = m.a(m.off_h), *h2 = m.a(m.off_h2), *qkv = m.a(m.off_qkv);
+    void *attn = m.a(m.off_attn), *gu = m.a(m.off_gu), *act = m.a(m.off_act);
+    const size_t slot_stride = static_cast<size_t>(m.max_seq) * KV;
+    const size_t half_cache = static_cast<size_t>(m.max_requests) * slot_stride * m.es;  // bytes
+    if (!check(embedding(d_tok, m.w(m.layout.embed), res, T, H, V, m.dt, s), "embedding")) return false;
+    for (int l = 0; l < c.num_layers; l++) {
+      const LayerLayout &L = m.layout.layers[l];
+      char *ck = static_cast<char *>(m.kv.p) + static_cast<size_t>(l) * 2 * half_cache, *cv = ck + half_cache;
+      // residual += previous layer's down projection (none before layer 0); h = norm(residual)
+      if (!check(add_rms_norm(res, l == 0 ? nullptr : h2, m.w(L.attn_norm), c.rms_norm_eps, h, T, H, m.dt, s),
+                 "attn norm"))
+        return false;
+      if (!gemm(h, L.wqkv, c.qkv_bias ? m.w(L.bqkv) : nullptr, qkv, T, QKV, H)) return false;
+      if (!check(rope(qkv, T, QKV, c.num_heads + c.num_kv_heads, c.head_dim, d_pos, m.inv_freq.at<float>(0), m.dt,
+                      s),
+                 "rope"))
+        return false;
+      if (!check(kv_store(qkv, T, QKV, Q, KV, d_slot, d_cpos, ck, cv, m.max_seq, m.dt, s), "kv_store")) return false;
+      AttentionArgs aa{qkv, QKV, ck, cv, m.max_seq, c.num_heads, c.num_kv_heads, c.head_dim, d_plen, d_slot,
+                       tree ? m.meta.at<int32_t>(o_base) : nullptr, tree ? m.meta.at<uint64_t>(o_mask) : nullptr, T,
+                       attn, m.dt, hint};
+      if (!check(attention(aa, s), "attention")) return false;
+      if (!gemm(attn, L.wo, nullptr, h2, T, H, Q)) return false;
+      if (!check(add_rms_norm(res, h2, m.w(L.ffn_norm), c.rms_norm_eps, h, T, H, m.dt, s), "ffn norm")) return false;
+      if (!gemm(h, L.w_gate_up, nullptr, gu, T, 2 * I, H)) return false;
+      if (!check(silu_mul(gu, act, T, I, m.dt, s), "silu_mul")) return false;
+      if (!gemm(act, L.w_down, nullptr, h2, T, H, I)) return false;
+    }
+    if (R > 0) {
+      // Row-wise norm, so norming every token and gathering R rows equals the CPU's gather
+      // then norm. The gather is embedding() over the normed rows ("vocab" = T).
+      void *last = m.head.p;
+      void *logits = static_cast<char *>(m.head.p) + (static_cast<size_t>(R) * H * m.es + 255) / 256 * 256;
+      if (!check(add_rms_norm(res, h2, m.w(m.layout.final_norm), c.rms_norm_eps, h, T, H, m.dt, s), "final norm") ||
+          !check(embedding(m.meta.at<int32_t>(o_rows), h, last, R, H, T, m.dt, s), "row gather") ||
+          !gemm(last, m.layout.lm_head, nullptr, logits, R, V, H))
+        return false;
+      int32_t *d_out = m.meta.at<int32_t>(o_out);
+      if (out.tokens &&
+          (!check(sample_rows(logits, V, R, V, m.meta.at<SampleParams>(o_params), d_out, m.dt, s), "sample_rows") ||
+           !check(gpuMemcpyAsync(out.tokens, d_out, R * sizeof(int32_t), gpuMemcpyDeviceToHost, s), "tokens copy")))
+        return false;
+      if (out.logits) {
+        const size_t n = static_cast<size_t>(R) * V;
+        void *dst = out.logits;
+        if (m.dt != DType::F32) {
+          m.logits_host.resize(n * m.es);
+          dst = m.logits_host.data();
+        }
+        if (!check(gpuMemcpyAsync(dst, logits, n * m.es, gpuMemcpyDeviceToHost, s), "logits copy")) return false;
+      }
+    }
+  }
+  if (!check(gpuStreamSynchronize(s), "step")) return false;
+  if (out.logits && R > 0 && m.dt != DType::F32)
+    decode(m.logits_host.data(), static_cast<size_t>(R) * V, m.dt, out.logits);
+  return true;
+}
+
+}  // namespace ffspec::gpu

@@ -1,0 +1,67 @@
+// One decoding step of a LLaMA-family model on the GPU: llama_forward_cpu's contract
+// (src/ops/llama_forward.h) as plain CUDA host code over src/kernels/gpu, no Legion.
+// A GpuLlama owns the weights (uploaded once from the same flat fp32 host buffer the CPU
+// path reads, stored as fp32, fp16 or bf16), the KV cache [layers, 2, max_requests, max_seq,
+// kv_dim] in device memory, a cuBLAS handle and one stream; step() runs one StepBatch on it.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kernels/gpu/kernels.h"
+#include "models/llama.h"
+#include "serve/batch.h"
+
+namespace ffspec::gpu {
+
+struct GpuLlamaParams {
+  const LlamaConfig *cfg = nullptr;
+  const LlamaLayout *layout = nullptr;
+  const float *inv_freq = nullptr;  // host [head_dim/2], LlamaConfig::rope_inv_freq()
+  const float *weights = nullptr;   // host [layout.total]: read once by create(), not kept
+  DType dtype = DType::F32;         // storage and activations; every kernel accumulates in fp32
+  int max_requests = 0;             // KV cache slots
+  int max_seq = 0;                  // positions per slot
+  int max_tokens = 0;               // scratch sized for this many tokens per step (grown on demand)
+  BlasOptions blas;                 // allow_tf32 off by default: fp32 stays within ~1e-5 of the CPU
+};
+
+// What step() hands back; any pointer may be null (that output is not produced).
+struct GpuStepOutput {
+  float *logits = nullptr;   // host [R, vocab] fp32: exactly what llama_forward_cpu writes
+  int32_t *tokens = nullptr; // host [R]: drawn on the GPU with batch.samples (sample_rows:
+                             // argmax rows, or temperature / top-k / top-p from (seed, counter))
+};
+
+class GpuLlama {
+ public:
+  // Uploads the weights and allocates the (zeroed) KV cache; null with *error on failure
+  // (bad parameters, out of device memory, cuBLAS not loadable).
+  static std::unique_ptr<GpuLlama> create(const GpuLlamaParams &p, std::string *error);
+  ~GpuLlama();
+  GpuLlama(const GpuLlama &) = delete;
+  GpuLlama &operator=(const GpuLlama &) = delete;
+
+  // llama_forward_cpu on the device, in its order: batch.commits (KvMoves) first, then the
+  // embeddings, every layer (each token's K/V written at its slot's cache_pos before
+  // attention reads the cache; tree masks when batch.cache_pos is set), the final norm and
+  // the LM head for batch.logit_rows. Enqueued on stream(); returns once the outputs are on
+  // the host. False with *error on a malformed batch (ids, slots or positions out of range;
+  // nothing is run then) or a failed launch.
+  bool step(const StepBatch &batch, const GpuStepOutput &out, std::string *error);
+
+  // The device KV cache [layers, 2, max_requests, max_seq, kv_dim] of dtype(), for tests and
+  // for copying a slot out.
+  void *kv_cache() const;
+  size_t kv_cache_bytes() const;
+  DType dtype() const;
+  gpuStream_t stream() const;
+
+  struct Impl;
+
+ private:
+  explicit GpuLlama(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ffspec::gpu
