@@ -43,34 +43,6 @@ float round_to(float x, DType dt) {
   return x;
 }
 
-// LlamaLayout::make, restated (the test does not link models/llama.cc and its checkpoint code).
-LlamaLayout make_layout(const LlamaConfig &c) {
-  LlamaLayout l;
-  size_t off = 0;
-  auto take = [&](size_t n) {
-    const size_t o = off;
-    off += (n + 15) / 16 * 16;
-    return o;
-  };
-  const size_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
-  l.embed = take(V * H);
-  for (int i = 0; i < c.num_layers; i++) {
-    LayerLayout ll;
-    ll.attn_norm = take(H);
-    ll.wqkv = take(static_cast<size_t>(c.qkv_dim()) * H);
-    ll.bqkv = c.qkv_bias ? take(c.qkv_dim()) : 0;
-    ll.wo = take(H * c.q_dim());
-    ll.ffn_norm = take(H);
-    ll.w_gate_up = take(2 * I * H);
-    ll.w_down = take(H * I);
-    l.layers.push_back(ll);
-  }
-  l.final_norm = take(H);
-  l.lm_head = c.tie_word_embeddings ? l.embed : take(V * H);
-  l.total = off;
-  return l;
-}
-
 struct TinyModel {
   LlamaConfig cfg;
   LlamaLayout layout;
@@ -94,11 +66,8 @@ TinyModel make_tiny(bool qwen_like, DType dt) {
   c.rope_theta = qwen_like ? 1000000.0 : 10000.0;
   c.qkv_bias = qwen_like;
   c.tie_word_embeddings = qwen_like;
-  m.layout = make_layout(c);
-  // LlamaConfig::rope_inv_freq without scaling, restated.
-  for (int i = 0; i < c.head_dim / 2; i++)
-    m.inv_freq.push_back(1.0f / std::pow(static_cast<float>(c.rope_theta),
-                                         static_cast<float>(2 * i) / static_cast<float>(c.head_dim)));
+  m.layout = LlamaLayout::make(c);
+  m.inv_freq = c.rope_inv_freq();
   m.weights.assign(m.layout.total, 0.f);
   auto fill = [&](size_t off, size_t n, float lo, float hi) {
     std::uniform_real_distribution<float> U(lo, hi);
