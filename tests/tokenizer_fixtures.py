@@ -6,6 +6,7 @@
   the mistral-common wheel, plus the tokenizer.json transformers converts it to."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -19,6 +20,18 @@ from flexflow_spec.fixtures import _locked, fixtures_dir
 
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.16"  # ships vendor/llama.cpp/models/ggml-vocab-*.gguf{,.inp,.out}
 MISTRAL_COMMON = "mistral-common==1.13.1"
+
+
+@contextlib.contextmanager
+def _building(dest: Path):
+    """Yields an empty dest.partial to fill; it replaces dest only when the block succeeds,
+    so an interrupted fetch never leaves a half-made fixture behind."""
+    part = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    yield part
+    shutil.rmtree(dest, ignore_errors=True)
+    part.rename(dest)
 
 
 def _pip_download(spec: str, dest: str, sdist: bool) -> None:
@@ -41,18 +54,13 @@ def llama_cpp_vocab_dir() -> Path:
         with tempfile.TemporaryDirectory() as tmp:
             _pip_download(LLAMA_CPP_SDIST, tmp, sdist=True)
             sdist = next(Path(tmp).glob("*.tar.gz"))
-            part = dest.with_name(dest.name + ".partial")
-            shutil.rmtree(part, ignore_errors=True)
-            part.mkdir(parents=True)
-            with tarfile.open(sdist) as tf:
+            with _building(dest) as part, tarfile.open(sdist) as tf:
                 for m in tf.getmembers():
                     name = Path(m.name).name
                     if m.isfile() and "/vendor/llama.cpp/models/" in m.name and name.startswith("ggml-vocab-"):
                         with tf.extractfile(m) as src, open(part / name, "wb") as out:
                             shutil.copyfileobj(src, out)
-            (part / "done").write_text(LLAMA_CPP_SDIST)
-            shutil.rmtree(dest, ignore_errors=True)
-            part.rename(dest)
+                (part / "done").write_text(LLAMA_CPP_SDIST)
     return dest
 
 
@@ -76,18 +84,13 @@ def mistral_spm_dir() -> Path:
         with tempfile.TemporaryDirectory() as tmp:
             _pip_download(MISTRAL_COMMON, tmp, sdist=False)
             wheel = next(Path(tmp).glob("*.whl"))
-            part = dest.with_name(dest.name + ".partial")
-            shutil.rmtree(part, ignore_errors=True)
-            part.mkdir(parents=True)
-            with zipfile.ZipFile(wheel) as z:
+            with _building(dest) as part, zipfile.ZipFile(wheel) as z:
                 member = next(n for n in z.namelist() if n.endswith("data/tokenizer.model.v1"))
                 with z.open(member) as src, open(part / "tokenizer.model", "wb") as out:
                     shutil.copyfileobj(src, out)
-            (part / "tokenizer_config.json").write_text(json.dumps({
-                "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-                "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
-            shutil.rmtree(dest, ignore_errors=True)
-            part.rename(dest)
+                (part / "tokenizer_config.json").write_text(json.dumps({
+                    "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+                    "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
     return dest
 
 
@@ -100,11 +103,8 @@ def mistral_spm_hf_dir() -> Path:
             return dest
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(str(src))
-        part = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(part, ignore_errors=True)
-        tok.save_pretrained(str(part))
-        shutil.rmtree(dest, ignore_errors=True)
-        part.rename(dest)
+        with _building(dest) as part:
+            tok.save_pretrained(str(part))
     return dest
 
 
@@ -114,10 +114,7 @@ def converted_vocab_json(vocab_dir: Path, name: str) -> Path:
     with _locked(dest):
         if not (dest / "tokenizer.json").exists():
             from transformers import AutoTokenizer
-            part = dest.with_name(dest.name + ".partial")
-            shutil.rmtree(part, ignore_errors=True)
             tok = AutoTokenizer.from_pretrained(str(vocab_dir), gguf_file=f"ggml-vocab-{name}.gguf")
-            tok.save_pretrained(str(part))
-            shutil.rmtree(dest, ignore_errors=True)
-            part.rename(dest)
+            with _building(dest) as part:
+                tok.save_pretrained(str(part))
     return dest / "tokenizer.json"

@@ -23,6 +23,7 @@
 #include "serve/token_tree.h"
 
 #include "expect.h"
+#include "gpu_test_start.h"
 
 using namespace ffspec;
 using gpu::DType;
@@ -546,16 +547,7 @@ void test_projections() {
 }  // namespace
 
 int main(int argc, char **argv) {
-  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10)
-                                 : static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
-  rng.seed(seed);
-  int devices = 0;
-  const gpuError_t e = gpuGetDeviceCount(&devices);
-  if (e != gpuSuccess || devices == 0) {
-    std::printf("SKIP: no GPU (%s)\n", e != gpuSuccess ? gpuGetErrorString(e) : "no device found");
-    return report();
-  }
+  if (!gpu_test_start(argc, argv, rng)) return report();
   for (DType dt : kTypes) {
     test_embedding(dt);
     test_rms_norm(dt);
