@@ -12,17 +12,19 @@ from pathlib import Path
 from ._lib import check, ffi, lib
 from .errors import ModelNotFoundError
 
+_PATH_MAX = 1 << 16
+
 
 def cache_folder(cache_path: str = "") -> Path:
-    if cache_path:
-        return Path(cache_path).expanduser()
-    env = os.environ.get("FF_CACHE_PATH")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "flexflow_spec"
+    """cache_path if given, else $FF_CACHE_PATH, else ~/.cache/flexflow_spec (the core's rule)."""
+    buf = ffi.new("char[]", _PATH_MAX)
+    check(lib.ffs_cache_folder(str(cache_path or "").encode(), buf, _PATH_MAX))
+    return Path(ffi.string(buf).decode())
 
 
 def _lookup(name: str, cache_path: str) -> Path:
-    buf = ffi.new("char[]", 4096)
-    check(lib.ffs_resolve_model(name.encode(), str(cache_path or "").encode(), buf, 4096))
+    buf = ffi.new("char[]", _PATH_MAX)
+    check(lib.ffs_resolve_model(name.encode(), str(cache_path or "").encode(), buf, _PATH_MAX))
     return Path(ffi.string(buf).decode())
 
 

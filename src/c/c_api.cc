@@ -278,13 +278,25 @@ ffs_status_t ffs_request_release(ffs_model_t m, uint64_t guid) {
   });
 }
 
+namespace {
+void copy_path(const std::string &path, char *out, size_t capacity) {
+  if (path.size() + 1 > capacity)
+    ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "path buffer too small: need " + std::to_string(path.size() + 1) + " bytes");
+  std::memcpy(out, path.c_str(), path.size() + 1);
+}
+}  // namespace
+
 ffs_status_t ffs_resolve_model(const char *name, const char *cache_folder, char *out, size_t capacity) {
   return guarded([&] {
     require(name != nullptr && out != nullptr, "bad arguments to ffs_resolve_model");
-    const std::string path = ffspec::resolve_model(name, cache_folder ? cache_folder : "");
-    if (path.size() + 1 > capacity)
-      ffspec::fail(FFS_ERR_INVALID_ARGUMENT, "path buffer too small: need " + std::to_string(path.size() + 1) + " bytes");
-    std::memcpy(out, path.c_str(), path.size() + 1);
+    copy_path(ffspec::resolve_model(name, cache_folder ? cache_folder : ""), out, capacity);
+  });
+}
+
+ffs_status_t ffs_cache_folder(const char *cache_folder, char *out, size_t capacity) {
+  return guarded([&] {
+    require(out != nullptr, "bad arguments to ffs_cache_folder");
+    copy_path(ffspec::cache_folder(cache_folder ? cache_folder : ""), out, capacity);
   });
 }
 

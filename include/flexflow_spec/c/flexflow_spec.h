@@ -153,6 +153,9 @@ ffs_status_t ffs_request_release(ffs_model_t model, uint64_t guid);
  * <cache>/<org>/<name> or <cache>/models--org--name/snapshots/<rev>. Writes the path
  * (NUL-terminated) to out; FFS_ERR_NOT_FOUND lists every place looked at. */
 ffs_status_t ffs_resolve_model(const char *name, const char *cache_folder, char *out, size_t capacity);
+/* Our cache folder: cache_folder itself when non-empty, else $FF_CACHE_PATH, else
+ * ~/.cache/flexflow_spec (the one rule both front ends use). */
+ffs_status_t ffs_cache_folder(const char *cache_folder, char *out, size_t capacity);
 
 typedef struct ffs_tokenizer_s *ffs_tokenizer_t;
 /* A checkpoint directory, tokenizer.json, tokenizer.model or .gguf file. */
