@@ -21,9 +21,20 @@ $PY -m pip install -q "torch==2.13.0"
 $PY -m pip install -q "scikit-build-core>=0.10" "cffi>=1.16" cmake ninja numpy "transformers>=4.45" "gguf>=0.10" \
   accelerate safetensors scipy pytest sentencepiece protobuf
 
-echo "[install] Legion (cached; the first build takes 11-18 minutes on 2 cores)"
-$PY cmake/legion_cache.py
+# With nvcc present the build compiles the CUDA kernels and needs Legion with CUDA (one
+# Legion for GPU and GPU-less machines alike); FFS_GPU=OFF builds the CPU backend only.
+# The same nvcc lookup as CMakeLists.txt.
+LEGION_ARGS=()
+PIP_ARGS=()
+if [ "${FFS_GPU:-AUTO}" = "OFF" ]; then
+  PIP_ARGS+=(-C cmake.define.FFS_GPU=OFF)
+elif command -v nvcc >/dev/null || [ -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" ] ||
+     [ -x /usr/local/cuda/bin/nvcc ] || [ -x /opt/cuda/bin/nvcc ]; then
+  LEGION_ARGS+=(--cuda)
+fi
+echo "[install] Legion ${LEGION_ARGS[*]:-(CPU)} (cached; the first build takes 11-18 minutes on 2 cores, about twice that with CUDA)"
+$PY cmake/legion_cache.py "${LEGION_ARGS[@]}"
 
 echo "[install] flexflow_spec"
-$PY -m pip install -q --no-build-isolation .
+$PY -m pip install -q --no-build-isolation "${PIP_ARGS[@]}" .
 echo "[install] done"

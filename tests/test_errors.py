@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 import flexflow_spec as ff
-from conftest import make_tiny_llama
+from conftest import RUNTIME_ARGS, make_tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +169,26 @@ def test_init_rejects_bad_settings(runtime):
     with pytest.raises(ff.InvalidArgumentError, match="not both"):
         ff.init({"num_cpus": 2}, num_cpus=2)
     with pytest.raises(ff.StateError, match="different settings.*num_cpus"):
-        ff.init(num_cpus=runtime["num_cpus"] + 1, system_memory=runtime["system_memory"])
+        ff.init(**{**RUNTIME_ARGS, "num_cpus": runtime["num_cpus"] + 1})
+    with pytest.raises(ff.UnsupportedModelError, match=r"num_gpus=2.*one GPU per process"):
+        ff.init(num_gpus=2)
     # The same settings again: a no-op that returns them.
-    assert ff.init(num_cpus=runtime["num_cpus"], system_memory=runtime["system_memory"]) == runtime
+    assert ff.init(**RUNTIME_ARGS) == runtime
+
+
+def test_num_gpus_without_a_gpu_is_refused_before_legion_starts():
+    """On a machine without a usable GPU (or a build without the GPU backend), asking for one
+    fails with the reason, in a fresh process, and nothing starts; num_gpus=0 still works there."""
+    info = ff.gpu_info()
+    if info["built"] and info["devices"] > 0:
+        pytest.skip(f"this machine has a GPU ({info['name']}): tests/test_gpu.py covers num_gpus=1")
+    code = ("import flexflow_spec as ff, sys\n"
+            "try:\n    ff.init(num_gpus=1)\nexcept ff.UnsupportedModelError as e:\n"
+            "    print('REFUSED', e)\n    assert not ff.runtime.settings()\n"
+            "    ff.init(num_cpus=1, system_memory=256); print('CPU OK')\n    sys.exit(0)\n"
+            "sys.exit(3)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "REFUSED ff.init(num_gpus=1): " in out.stdout and "CPU OK" in out.stdout, out.stdout
+    # The reason names what is missing: the backend, or a GPU the CUDA runtime can use.
+    assert info["why"] and info["why"] in out.stdout, (info, out.stdout)

@@ -3,22 +3,28 @@ not (built without CUDA, or without cuBLAS headers) or when the program finds no
 - tests/cpp/test_gpu_kernels.cu: every CUDA kernel against the CPU kernels, fresh random
   inputs each run;
 - tests/cpp/test_gpu_forward.cu: GpuLlama against llama_forward_cpu on tiny random models
-  (prefill, decode, tree verification, KV commits), fp32/fp16/bf16."""
+  (prefill, decode, tree verification, KV commits), fp32/fp16/bf16;
+and, where ff.gpu_info() sees a GPU, the Python suites again with the models on the GPU
+(FFS_TEST_NUM_GPUS=1): greedy token equality with transformers and with the CPU references,
+speculative == incremental, the sampling and MSS distribution tests, the error paths."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+import flexflow_spec as ff
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # program, the variable naming an out-of-tree build's program, the checks it must pass on a GPU
 PROGRAMS = [("test_gpu_kernels", "FFS_GPU_KERNEL_TEST", 90),
-            ("test_gpu_forward", "FFS_GPU_FORWARD_TEST", 250)]  # 2 models x 3 dtypes, ~50 checks each
+            ("test_gpu_forward", "FFS_GPU_FORWARD_TEST", 500)]  # 2 models x 3 dtypes x graphs on/off, ~50 each
 
 
 @pytest.mark.parametrize("name,env_var,min_checks", PROGRAMS, ids=[p[0] for p in PROGRAMS])
@@ -37,3 +43,23 @@ def test_gpu_program(name, env_var, min_checks):
         pytest.skip(f"no GPU on this machine ({reason.group(1) if reason else 'none found'})")
     assert out.returncode == 0 and int(m.group(2)) == 0, text
     assert int(m.group(1)) >= min_checks, text
+
+
+# The suites whose assertions must hold unchanged on the GPU backend.
+GPU_SUITES = ["test_tiny_llama.py", "test_architectures.py", "test_smollm2.py", "test_batching.py",
+              "test_sampling.py", "test_speculative.py", "test_speculative_sampling.py", "test_errors.py"]
+
+
+def test_python_suites_on_the_gpu():
+    info = ff.gpu_info()
+    if not info["built"]:
+        pytest.skip(f"no GPU backend in this build: {info['why']}")
+    if info["devices"] == 0:
+        pytest.skip(f"no GPU on this machine ({info['why']})")
+    env = {**os.environ, "FFS_TEST_NUM_GPUS": "1"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          *[str(ROOT / "tests" / f) for f in GPU_SUITES]],
+                         capture_output=True, text=True, timeout=3000, env=env, cwd=ROOT)
+    text = out.stdout[-8000:] + out.stderr[-4000:]
+    assert out.returncode == 0, text
+    assert re.search(r"\d+ passed", out.stdout), text

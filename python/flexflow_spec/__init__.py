@@ -10,14 +10,15 @@ from .errors import (
                      StateError,
                      UnsupportedModelError,
 )
-from .runtime import init
+from .runtime import gpu_info, init
 from .serve import LLM, SSM, DataType, GenerationConfig, GenerationResult, SpeculationConfig
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "init", "LLM", "SSM", "Tokenizer", "SpeculationConfig", "DataType", "GenerationConfig", "GenerationResult",
+    "init", "gpu_info", "LLM", "SSM", "Tokenizer", "SpeculationConfig", "DataType", "GenerationConfig",
+    "GenerationResult",
     "FlexFlowSpecError", "InvalidArgumentError", "ModelNotFoundError", "CheckpointError",
     "UnsupportedModelError", "OutOfMemoryError", "StateError", "InternalError",
 ]

@@ -6,7 +6,7 @@ import os
 import threading
 
 from ._lib import check, ffi, lib
-from .errors import InvalidArgumentError, StateError, UnsupportedModelError
+from .errors import InternalError, InvalidArgumentError, OutOfMemoryError, StateError, UnsupportedModelError
 
 # key -> (type, default). Sizes are MiB.
 _KEYS = {
@@ -31,7 +31,8 @@ _KEYS = {
 }
 
 _lock = threading.Lock()
-_settings: dict | None = None
+_settings: dict | None = None   # in force (memory_per_gpu resolved)
+_requested: dict | None = None  # as given to init(), for comparing a second call
 
 
 def _default_num_cpus() -> int:
@@ -71,9 +72,10 @@ def _normalize(cfg: dict) -> dict:
         out[key] = val
     if out["num_cpus"] < 1:
         raise InvalidArgumentError("ff.init(): num_cpus must be >= 1")
-    if out["num_gpus"] > 0:
+    if out["num_gpus"] > 1:
         raise UnsupportedModelError(
-            "ff.init(num_gpus=...): this build has no GPU backend yet; run with num_gpus=0 (CPU)")
+            f"ff.init(num_gpus={out['num_gpus']}): one GPU per process for now (no tensor or pipeline "
+            "parallelism across GPUs yet); use num_gpus=1")
     for key in ("tensor_parallelism_degree", "pipeline_parallelism_degree", "data_parallelism_degree"):
         if out[key] != 1:
             raise UnsupportedModelError(f"ff.init(): {key}={out[key]} is not supported yet (only 1)")
@@ -85,11 +87,54 @@ def _normalize(cfg: dict) -> dict:
     return out
 
 
-def legion_flags(s: dict) -> list[str]:
+def gpu_info() -> dict:
+    """The GPU backend as the CUDA runtime sees it: whether this build has it (``built``), the
+    number of visible devices, device 0's name and memory (MiB), and ``why`` when none is usable."""
+    info = ffi.new("ffs_gpu_info_t *")
+    check(lib.ffs_gpu_probe(info))
+    return {"built": bool(info.built), "devices": int(info.devices),
+            "name": ffi.string(info.name).decode(errors="replace"),
+            "free_mib": int(info.free_bytes) >> 20, "total_mib": int(info.total_bytes) >> 20,
+            "why": ffi.string(info.why).decode(errors="replace")}
+
+
+# Device memory left outside Legion's framebuffer pool by default: the CUDA context, cuBLAS
+# and its workspace, the step's activations and logits scratch (allocated by the step, not by
+# Legion). At least 2 GiB, or 1/12 of the device.
+def _default_gpu_reserve_mib(total_mib: int) -> int:
+    return max(2048, total_mib // 12)
+
+
+def _plan_gpu(s: dict) -> int:
+    """Check that num_gpus can be honoured; returns the framebuffer pool size in MiB."""
+    n = s["num_gpus"]
+    info = gpu_info()
+    if not info["built"]:
+        raise UnsupportedModelError(f"ff.init(num_gpus={n}): {info['why'] or 'this build has no GPU backend'}")
+    if info["devices"] < n:
+        raise UnsupportedModelError(
+            f"ff.init(num_gpus={n}): {info['why'] or str(info['devices']) + ' GPU(s) visible'}")
+    free, total = info["free_mib"], info["total_mib"]
+    want = s["memory_per_gpu"] or free - _default_gpu_reserve_mib(total)
+    if s["memory_per_gpu"] and want > free - 512:
+        raise OutOfMemoryError(
+            f"ff.init(memory_per_gpu={want}) MiB: GPU 0 ({info['name']}) has {free} MiB free of {total}; "
+            "leave at least 512 MiB outside the pool for the CUDA context, cuBLAS and the step's scratch")
+    if want < 256:
+        raise OutOfMemoryError(f"ff.init(num_gpus={n}): GPU 0 ({info['name']}) has only {free} MiB free of "
+                               f"{total}; {want} MiB would be left for the framebuffer pool (memory_per_gpu)")
+    return want
+
+
+def legion_flags(s: dict, framebuffer_mib: int = 0) -> list[str]:
     flags = ["-ll:cpu", str(s["num_cpus"]), "-ll:util", str(max(1, s["legion_utility_processors"])),
              "-ll:csize", str(s["system_memory"]),
              # Realm warns when it cannot give each thread a dedicated core; we do not pin.
              "-level", "threads=5"]
+    if s["num_gpus"] > 0:
+        flags += ["-ll:gpu", str(s["num_gpus"]), "-ll:fsize", str(framebuffer_mib or s["memory_per_gpu"])]
+        if s["zero_copy_memory_per_node"]:
+            flags += ["-ll:zsize", str(s["zero_copy_memory_per_node"])]
     if s["profiling"]:
         flags += ["-lg:prof", "1", "-lg:prof_logfile", "prof_%.gz"]
     return flags + s["legion_args"]
@@ -107,19 +152,27 @@ def init(configs_dict: dict | None = None, **kwargs) -> dict:
     if configs_dict is not None and not isinstance(configs_dict, dict):
         raise InvalidArgumentError("ff.init(): configs_dict must be a dict")
     settings = _normalize(dict(configs_dict or kwargs))
+    global _requested
     with _lock:
         if _settings is not None:
-            if settings != _settings:
-                changed = sorted(k for k in settings if settings[k] != _settings[k])
+            if settings != _requested:
+                changed = sorted(k for k in settings if settings[k] != _requested[k])
                 raise StateError("ff.init() was already called with different settings "
                                  f"({', '.join(changed)}); Legion starts once per process")
             return dict(_settings)
+        requested = dict(settings)
+        if settings["num_gpus"] > 0:
+            settings["memory_per_gpu"] = _plan_gpu(settings)  # the pool actually used (MiB)
         args = legion_flags(settings)
         cargs = [ffi.new("char[]", a.encode()) for a in args]
         argv = ffi.new("const char *[]", cargs)
         check(lib.ffs_runtime_init(len(args), argv))
-        _settings = settings
+        _settings, _requested = settings, requested
         atexit.register(_shutdown)
+        got = int(lib.ffs_runtime_num_gpus())
+        if got < settings["num_gpus"]:
+            raise InternalError(f"ff.init(num_gpus={settings['num_gpus']}): Legion started with {got} GPU "
+                                "processor(s) (see its log above); models will run on the CPU")
     return dict(settings)
 
 

@@ -1,5 +1,6 @@
 // The C boundary: every call catches ffspec::Error (and anything else), stores the message
 // for the calling thread and returns the status. Nothing crosses it as an exception.
+#include <algorithm>
 #include <atomic>
 #include <ctime>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include "flexflow_spec/c/flexflow_spec.h"
 #include "models/llama.h"
 #include "runtime/engine.h"
+#include "runtime/engine_gpu.h"
 #include "util/error.h"
 #include "weights/checkpoint.h"
 #include "weights/resolve.h"
@@ -101,6 +103,34 @@ ffs_status_t ffs_runtime_shutdown(void) {
 }
 
 int ffs_runtime_is_started(void) { return ffspec::engine::started() ? 1 : 0; }
+
+int ffs_runtime_num_gpus(void) { return ffspec::engine::started() ? ffspec::engine::num_gpus() : 0; }
+
+ffs_status_t ffs_gpu_probe(ffs_gpu_info_t *out) {
+  return guarded([&] {
+    require(out != nullptr, "out must not be NULL");
+    *out = ffs_gpu_info_t{};
+    auto put = [](char *dst, size_t cap, const std::string &v) {
+      const size_t n = std::min(v.size(), cap - 1);
+      std::memcpy(dst, v.data(), n);
+      dst[n] = 0;
+    };
+    out->built = ffspec::engine::gpu_tasks_built() ? 1 : 0;
+    if (!ffspec::engine_gpu::available()) {
+      put(out->why, sizeof(out->why), ffspec::engine_gpu::probe().why);
+      return;
+    }
+    const ffspec::engine_gpu::Probe p = ffspec::engine_gpu::probe();
+    out->devices = p.devices;
+    out->free_bytes = p.free_bytes;
+    out->total_bytes = p.total_bytes;
+    put(out->name, sizeof(out->name), p.name);
+    std::string why = p.why;
+    if (!out->built && why.empty())
+      why = "this build's Legion has no CUDA (rebuild with nvcc found and FFS_LEGION_CUDA=ON)";
+    put(out->why, sizeof(out->why), why);
+  });
+}
 
 ffs_status_t ffs_model_load(const char *path, ffs_data_type_t data_type, ffs_model_t *out) {
   return guarded([&] {

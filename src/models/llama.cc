@@ -220,8 +220,13 @@ void validate_checkpoint(const Checkpoint &ck, const LlamaConfig &cfg) {
   }
 }
 
-void load_weights(const Checkpoint &ck, const LlamaConfig &cfg, const LlamaLayout &layout, ffs_data_type_t dt,
-                  float *dst) {
+namespace {
+
+// Reads every piece of the layout on up to 8 threads: fill(piece, out) gets the buffer to
+// read into, done(piece, out) is called after rounding.
+void for_each_piece(const Checkpoint &ck, const LlamaConfig &cfg, const LlamaLayout &layout, ffs_data_type_t dt,
+                    const std::function<float *(const Piece &, std::vector<float> &)> &buffer,
+                    const std::function<void(const Piece &, const float *, size_t)> &done) {
   std::vector<Piece> ps = pieces(cfg, layout);
   // Conversion is independent per tensor: spread it over the cores.
   unsigned nthreads = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
@@ -231,16 +236,22 @@ void load_weights(const Checkpoint &ck, const LlamaConfig &cfg, const LlamaLayou
   std::atomic<size_t> next{0};
   for (unsigned w = 0; w < nthreads; w++) {
     workers.emplace_back([&] {
+      std::vector<float> own;
       for (size_t i = next++; i < ps.size(); i = next++) {
         try {
+          {
+            std::lock_guard<std::mutex> lock(err_mu);
+            if (err) return;
+          }
           const TensorInfo *t = ck.find(ps[i].name);
-          float *out = dst + ps[i].offset;
-          ck.read_f32(*t, out);
           const int64_t n = t->numel();
+          float *out = buffer(ps[i], own);
+          ck.read_f32(*t, out);
           if (dt == FFS_DT_HALF)
             for (int64_t k = 0; k < n; k++) out[k] = round_to_half(out[k]);
           else if (dt == FFS_DT_BFLOAT16)
             for (int64_t k = 0; k < n; k++) out[k] = round_to_bf16(out[k]);
+          done(ps[i], out, static_cast<size_t>(n));
         } catch (...) {
           std::lock_guard<std::mutex> lock(err_mu);
           if (!err) err = std::current_exception();
@@ -250,6 +261,31 @@ void load_weights(const Checkpoint &ck, const LlamaConfig &cfg, const LlamaLayou
   }
   for (auto &w : workers) w.join();
   if (err) std::rethrow_exception(err);
+}
+
+}  // namespace
+
+void load_weights(const Checkpoint &ck, const LlamaConfig &cfg, const LlamaLayout &layout, ffs_data_type_t dt,
+                  float *dst) {
+  for_each_piece(
+      ck, cfg, layout, dt, [dst](const Piece &p, std::vector<float> &) { return dst + p.offset; },
+      [](const Piece &, const float *, size_t) {});
+}
+
+void load_weights_streamed(const Checkpoint &ck, const LlamaConfig &cfg, const LlamaLayout &layout,
+                           ffs_data_type_t dt,
+                           const std::function<void(size_t offset, const float *data, size_t n)> &sink) {
+  std::mutex sink_mu;
+  for_each_piece(
+      ck, cfg, layout, dt,
+      [&ck](const Piece &p, std::vector<float> &own) {
+        own.resize(static_cast<size_t>(ck.find(p.name)->numel()));
+        return own.data();
+      },
+      [&](const Piece &p, const float *data, size_t n) {
+        std::lock_guard<std::mutex> lock(sink_mu);
+        sink(p.offset, data, n);
+      });
 }
 
 }  // namespace ffspec

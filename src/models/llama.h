@@ -1,6 +1,7 @@
 // The LLaMA family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM): config,
 // the flat fp32 weight layout that lives in one Legion region, and loading into it.
 #pragma once
+#include <functional>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -65,5 +66,11 @@ void validate_checkpoint(const Checkpoint &ck, const LlamaConfig &cfg);
 // Fill dst[layout.total]; values rounded to the precision of data_type.
 void load_weights(const Checkpoint &ck, const LlamaConfig &cfg, const LlamaLayout &layout,
                   ffs_data_type_t data_type, float *dst);
+// The same values a tensor at a time, for a destination that is not host memory (a GPU
+// framebuffer): sink(offset, data, n) receives layout positions [offset, offset + n), rounded
+// as above. Tensors are read on several threads; sink is called on one at a time.
+void load_weights_streamed(const Checkpoint &ck, const LlamaConfig &cfg, const LlamaLayout &layout,
+                           ffs_data_type_t data_type,
+                           const std::function<void(size_t offset, const float *data, size_t n)> &sink);
 
 }  // namespace ffspec

@@ -16,11 +16,18 @@
 
 #include "legion.h"
 #include "ops/llama_forward.h"
+#include "runtime/engine_gpu.h"
 #include "serve/sampling.h"
 #include "serve/spec_manager.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "weights/checkpoint.h"
+
+// The GPU task variants: with the GPU forward pass built and a Legion built with CUDA.
+#if defined(FFS_HAVE_GPU_FORWARD) && defined(REALM_USE_CUDA)
+#define FFS_GPU_TASKS 1
+#include "realm/cuda/cuda_module.h"
+#endif
 
 using namespace Legion;
 
@@ -33,7 +40,18 @@ namespace {
 // LOAD_WEIGHTS_TASK_ID fills the weights region from the checkpoint; being a task on a CPU
 // processor like the steps, its instance is the one the step tasks then map (an inline
 // mapping made the mapper create a second copy of the weights).
-enum TaskIDs { TOP_LEVEL_TASK_ID = 7100, STEP_TASK_ID = 7101, STEP_LOGITS_TASK_ID = 7102, LOAD_WEIGHTS_TASK_ID = 7103 };
+// The *_GPU_* tasks are the same three on a GPU processor: Legion's default mapper places
+// their instances in that GPU's framebuffer, so weights and KV cache live there, and the
+// weights go from the checkpoint straight into the framebuffer (no system-memory copy).
+enum TaskIDs {
+  TOP_LEVEL_TASK_ID = 7100,
+  STEP_TASK_ID = 7101,
+  STEP_LOGITS_TASK_ID = 7102,
+  LOAD_WEIGHTS_TASK_ID = 7103,
+  STEP_GPU_TASK_ID = 7104,
+  STEP_LOGITS_GPU_TASK_ID = 7105,
+  LOAD_WEIGHTS_GPU_TASK_ID = 7106,
+};
 enum FieldIDs { FID_DATA = 101 };
 constexpr size_t kBoundedResult = 64 << 10;  // bytes
 
@@ -41,6 +59,8 @@ constexpr size_t kBoundedResult = 64 << 10;  // bytes
 struct Placement {
   LogicalRegion weights = LogicalRegion::NO_REGION, kv = LogicalRegion::NO_REGION;
   size_t bytes = 0;
+  bool gpu = false;            // in a GPU framebuffer, stepped by the GPU variants
+  size_t esize = sizeof(float);  // bytes per element of both regions (fp16/bf16 on the GPU: 2)
 };
 
 struct State {
@@ -59,6 +79,9 @@ struct State {
   std::string load_error;
   size_t sysmem_capacity = 0;
   size_t sysmem_used = 0;
+  int num_gpus = 0;         // Legion GPU processors in this process
+  size_t fb_capacity = 0;   // framebuffer memory of one GPU (-ll:fsize)
+  size_t fb_used = 0;
 };
 
 State &st() {
@@ -109,19 +132,7 @@ StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions
   logits.resize(b.num_rows() * static_cast<size_t>(V));
   llama_forward_cpu(view, b, logits.data());
   StepResult r;
-  r.tokens.resize(b.num_rows());
-  for (size_t i = 0; i < b.num_rows(); i++) {
-    const float *row = logits.data() + i * V;
-    r.tokens[i] = sample_token(row, V, b.samples[i]);
-    if (b.samples[i].want_logits) r.logits.insert(r.logits.end(), row, row + V);
-    if (const int k = std::min(b.samples[i].num_topk, V); k > 0) {
-      const size_t at = r.topk_tokens.size();
-      r.topk_tokens.resize(at + k);
-      r.topk_probs.resize(at + k);
-      top_k_probs(row, V, b.samples[i].do_sample ? b.samples[i].temperature : 1.0f, k, &r.topk_tokens[at],
-                  &r.topk_probs[at]);
-    }
-  }
+  result_from_logits(logits.data(), V, b, &r);
   r.compute_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   r.ok = 1;
   return r;
@@ -134,7 +145,9 @@ StepResult step_task(const Task *task, const std::vector<PhysicalRegion> &region
     return run_step(task, regions);
   } catch (const std::exception &e) {
     FFS_LOG(::ffspec::log::Level::Error, "step", "step failed: " << e.what());
-    return StepResult();
+    StepResult r;
+    r.error = e.what();
+    return r;
   }
 }
 
@@ -161,14 +174,79 @@ int32_t load_weights_task(const Task *task, const std::vector<PhysicalRegion> &r
   return 1;
 }
 
+#ifdef FFS_GPU_TASKS
+// The device address of a 1-D instance of FID_DATA with esize-byte elements.
+template <PrivilegeMode PM>
+void *instance_base(const PhysicalRegion &pr, size_t esize) {
+  if (esize == 2) {
+    const FieldAccessor<PM, uint16_t, 1, coord_t, Realm::AffineAccessor<uint16_t, 1, coord_t>> a(pr, FID_DATA);
+    return const_cast<void *>(static_cast<const void *>(a.ptr(Point<1>(0))));
+  }
+  const FieldAccessor<PM, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> a(pr, FID_DATA);
+  return const_cast<void *>(static_cast<const void *>(a.ptr(Point<1>(0))));
+}
+
+int task_device(const Task *task) {
+  int device = 0;
+  if (!Realm::Cuda::get_cuda_device_id(task->current_proc, &device))
+    fail(FFS_ERR_INTERNAL, "a GPU task ran on a processor that is not a CUDA GPU");
+  return device;
+}
+
+// Everything a GPU task enqueues goes on Realm's stream for the task, and it waits for it
+// before returning, so Realm need not synchronize the whole context afterwards.
+void *task_stream() {
+  Realm::Cuda::set_task_ctxsync_required(false);
+  return Realm::Cuda::get_task_cuda_stream();
+}
+
+StepResult gpu_step_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
+  try {
+    StepBatch b = StepBatch::deserialize(task->args, task->arglen);
+    ModelHandle *m = lookup(b.model_id);
+    FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
+    const size_t es = engine_gpu::storage_bytes(m->data_type);
+    return engine_gpu::step(m, task_device(task), b, instance_base<LEGION_READ_ONLY>(regions[0], es),
+                            instance_base<LEGION_READ_WRITE>(regions[1], es), task_stream());
+  } catch (const std::exception &e) {
+    FFS_LOG(::ffspec::log::Level::Error, "step", "GPU step failed: " << e.what());
+    StepResult r;
+    r.error = e.what();
+    return r;
+  }
+}
+
+int32_t gpu_load_weights_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
+  int id;
+  std::memcpy(&id, task->args, sizeof(id));
+  try {
+    ModelHandle *m = lookup(id);
+    FFS_CHECK(m && m->checkpoint, FFS_ERR_INTERNAL, "load for an unknown model");
+    engine_gpu::load_weights(m, task_device(task),
+                             instance_base<LEGION_WRITE_DISCARD>(regions[0], engine_gpu::storage_bytes(m->data_type)),
+                             task_stream());
+    return 0;
+  } catch (const Error &e) {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().load_status = e.status();
+    st().load_error = e.what();
+  } catch (const std::exception &e) {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().load_status = FFS_ERR_INTERNAL;
+    st().load_error = e.what();
+  }
+  return 1;
+}
+#endif
+
 // ---- regions ------------------------------------------------------------------------------
 
-LogicalRegion make_region(Context ctx, Runtime *rt, size_t n, const std::string &name) {
+LogicalRegion make_region(Context ctx, Runtime *rt, size_t n, size_t esize, const std::string &name) {
   IndexSpace is = rt->create_index_space(ctx, Rect<1>(0, static_cast<coord_t>(n) - 1));
   FieldSpace fs = rt->create_field_space(ctx);
   {
     FieldAllocator fa = rt->create_field_allocator(ctx, fs);
-    fa.allocate_field(sizeof(float), FID_DATA);
+    fa.allocate_field(esize, FID_DATA);
   }
   LogicalRegion lr = rt->create_logical_region(ctx, is, fs);
   rt->attach_name(lr, name.c_str());
@@ -185,43 +263,62 @@ void destroy_region(Context ctx, Runtime *rt, LogicalRegion lr) {
 Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch &b);
 
 void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
-  const size_t wbytes = m->layout.total * sizeof(float);
-  const size_t kv_floats = static_cast<size_t>(m->config.num_layers) * 2 * m->limits.max_requests_per_batch *
-                           m->limits.max_seq_length * m->config.kv_dim();
-  const size_t kvbytes = kv_floats * sizeof(float);
+  Placement p;
   {
     std::lock_guard<std::mutex> lock(st().mu);
-    const size_t need = wbytes + kvbytes, cap = st().sysmem_capacity, used = st().sysmem_used;
+    p.gpu = st().num_gpus > 0;
+  }
+  // On the GPU the regions hold the model's own precision (fp16/bf16: 2 bytes); the CPU
+  // kernels compute on fp32 values already rounded to it.
+  p.esize = p.gpu ? engine_gpu::storage_bytes(m->data_type) : sizeof(float);
+  const size_t wbytes = m->layout.total * p.esize;
+  const size_t kv_elems = static_cast<size_t>(m->config.num_layers) * 2 * m->limits.max_requests_per_batch *
+                          m->limits.max_seq_length * m->config.kv_dim();
+  const size_t kvbytes = kv_elems * p.esize;
+  p.bytes = wbytes + kvbytes;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    const size_t need = p.bytes, cap = p.gpu ? st().fb_capacity : st().sysmem_capacity;
+    const size_t used = p.gpu ? st().fb_used : st().sysmem_used;
     // Leave room for Legion's own instances and future buffers.
     const size_t usable = cap > (64ull << 20) ? cap - (64ull << 20) : 0;
     if (used + need > usable)
       fail(FFS_ERR_OUT_OF_MEMORY,
-           "model " + m->path + " needs " + std::to_string(need >> 20) + " MiB of Legion system memory (weights " +
-               std::to_string(wbytes >> 20) + " MiB + KV cache " + std::to_string(kvbytes >> 20) + " MiB) but " +
+           "model " + m->path + " needs " + std::to_string(need >> 20) + " MiB of Legion " +
+               (p.gpu ? "GPU framebuffer" : "system") + " memory (weights " + std::to_string(wbytes >> 20) +
+               " MiB + KV cache " + std::to_string(kvbytes >> 20) + " MiB) but " +
                std::to_string((usable > used ? usable - used : 0) >> 20) + " MiB of the " + std::to_string(cap >> 20) +
-               " MiB pool are free: raise ff.init(system_memory=...) (Legion -ll:csize), or lower max_seq_length / "
-               "max_requests_per_batch");
-    st().sysmem_used += need;
+               " MiB pool are free: " +
+               (p.gpu ? "raise ff.init(memory_per_gpu=...) (Legion -ll:fsize)"
+                      : "raise ff.init(system_memory=...) (Legion -ll:csize)") +
+               ", or lower max_seq_length / max_requests_per_batch");
+    (p.gpu ? st().fb_used : st().sysmem_used) += need;
   }
-  Placement p;
-  p.bytes = wbytes + kvbytes;
+  auto release_memory = [&p] {
+    std::lock_guard<std::mutex> lock(st().mu);
+    (p.gpu ? st().fb_used : st().sysmem_used) -= p.bytes;
+  };
   const std::string tag = "model" + std::to_string(m->id);
-  p.weights = make_region(ctx, rt, m->layout.total, tag + ".weights");
-  p.kv = make_region(ctx, rt, kv_floats, tag + ".kv_cache");
+  p.weights = make_region(ctx, rt, m->layout.total, p.esize, tag + ".weights");
+  p.kv = make_region(ctx, rt, kv_elems, p.esize, tag + ".kv_cache");
   try {
-    TaskLauncher tl(LOAD_WEIGHTS_TASK_ID, UntypedBuffer(&m->id, sizeof(m->id)));
+    TaskLauncher tl(p.gpu ? LOAD_WEIGHTS_GPU_TASK_ID : LOAD_WEIGHTS_TASK_ID, UntypedBuffer(&m->id, sizeof(m->id)));
     tl.add_region_requirement(RegionRequirement(p.weights, LEGION_WRITE_DISCARD, LEGION_EXCLUSIVE, p.weights));
     tl.add_field(0, FID_DATA);
     if (rt->execute_task(ctx, tl).get_result<int32_t>() != 0) {
       std::lock_guard<std::mutex> lock(st().mu);
       fail(st().load_status, st().load_error);
     }
-    rt->fill_field<float>(ctx, p.kv, p.kv, FID_DATA, 0.0f);
+    // Zeros (as bits, so any element type): attention reads whole tiles and multiplies the
+    // positions it must not see by 0, so they must not hold NaN bits.
+    if (p.esize == 2)
+      rt->fill_field<uint16_t>(ctx, p.kv, p.kv, FID_DATA, 0);
+    else
+      rt->fill_field<float>(ctx, p.kv, p.kv, FID_DATA, 0.0f);
   } catch (...) {
     destroy_region(ctx, rt, p.weights);
     destroy_region(ctx, rt, p.kv);
-    std::lock_guard<std::mutex> lock(st().mu);
-    st().sysmem_used -= p.bytes;
+    release_memory();
     throw;
   }
   m->checkpoint.reset();  // weights now live in the region; unmap the files
@@ -230,10 +327,23 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
     st().placements[m->id] = p;
   }
   // An empty step maps both regions now (creating the KV cache instance and running its
-  // fill) so the first request does not pay for it (~150 ms for SmolLM2).
+  // fill) so the first request does not pay for it (~150 ms for SmolLM2). On the GPU it also
+  // sets up the step's scratch and loads cuBLAS, so a missing library fails compile().
   StepBatch empty;
   empty.model_id = m->id;
-  launch_step(ctx, rt, p, empty).get_void_result();
+  const StepResult r = launch_step(ctx, rt, p, empty).get_result<StepResult>();
+  if (!r.ok) {
+    {
+      std::lock_guard<std::mutex> lock(st().mu);
+      st().placements.erase(m->id);
+    }
+    destroy_region(ctx, rt, p.weights);
+    destroy_region(ctx, rt, p.kv);
+    release_memory();
+    engine_gpu::release(m->id);
+    fail(FFS_ERR_INTERNAL, "model " + m->path + " could not run its first step: " +
+                               (r.error.empty() ? std::string("see the log") : r.error));
+  }
 }
 
 Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch &b) {
@@ -245,7 +355,9 @@ Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch
   }
   logits = logits || bytes > kBoundedResult;
   const std::vector<uint8_t> args = b.serialize();
-  TaskLauncher tl(logits ? STEP_LOGITS_TASK_ID : STEP_TASK_ID, UntypedBuffer(args.data(), args.size()));
+  const TaskID id = p.gpu ? (logits ? STEP_LOGITS_GPU_TASK_ID : STEP_GPU_TASK_ID)
+                          : (logits ? STEP_LOGITS_TASK_ID : STEP_TASK_ID);
+  TaskLauncher tl(id, UntypedBuffer(args.data(), args.size()));
   tl.add_region_requirement(RegionRequirement(p.weights, LEGION_READ_ONLY, LEGION_EXCLUSIVE, p.weights));
   tl.add_field(0, FID_DATA);
   tl.add_region_requirement(RegionRequirement(p.kv, LEGION_READ_WRITE, LEGION_EXCLUSIVE, p.kv));
@@ -261,8 +373,18 @@ void driver_main(std::promise<void> ready) {
     Machine::MemoryQuery mq(Machine::get_machine());
     mq.only_kind(Memory::SYSTEM_MEM).local_address_space();
     for (Memory mem : mq) cap = std::max(cap, mem.capacity());
+    Machine::ProcessorQuery pq(Machine::get_machine());
+    pq.only_kind(Processor::TOC_PROC).local_address_space();
+    Machine::MemoryQuery fq(Machine::get_machine());
+    fq.only_kind(Memory::GPU_FB_MEM).local_address_space();
+    size_t fb = 0;
+    for (Memory mem : fq) fb = fb == 0 ? mem.capacity() : std::min(fb, mem.capacity());
     std::lock_guard<std::mutex> lock(st().mu);
     st().sysmem_capacity = cap;
+#ifdef FFS_GPU_TASKS
+    st().num_gpus = static_cast<int>(pq.count());
+#endif
+    st().fb_capacity = fb;
   }
   ready.set_value();
   for (;;) {
@@ -326,8 +448,11 @@ void driver_main(std::promise<void> ready) {
         std::vector<StepResult> results;
         for (size_t i = 0; i < fl.futures.size(); i++) {
           results.push_back(fl.futures[i].get_result<StepResult>());
-          if (!results.back().ok || results.back().tokens.size() != fl.batches[i].num_rows())
-            fail(FFS_ERR_INTERNAL, "the step task failed (see the log)");
+          const StepResult &r = results.back();
+          if (!r.ok) fail(FFS_ERR_INTERNAL, "the step failed: " + (r.error.empty() ? std::string("see the log") : r.error));
+          if (r.tokens.size() != fl.batches[i].num_rows())
+            fail(FFS_ERR_INTERNAL, "the step returned " + std::to_string(r.tokens.size()) + " tokens for " +
+                                       std::to_string(fl.batches[i].num_rows()) + " rows");
         }
         const auto t_done = Clock::now();
         fl.m->manager->update(fl.batches, results);
@@ -408,6 +533,21 @@ void start(const std::vector<std::string> &args) {
     reg3.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
     reg3.set_leaf();
     Runtime::preregister_task_variant<int32_t, load_weights_task>(reg3, "ffs_load_weights");
+#ifdef FFS_GPU_TASKS
+    CodeDescriptor gdesc(LegionTaskWrapper::legion_task_wrapper<StepResult, gpu_step_task>);
+    TaskVariantRegistrar g1(STEP_GPU_TASK_ID, "ffs_step_gpu");
+    g1.add_constraint(ProcessorConstraint(Processor::TOC_PROC));
+    g1.set_leaf();
+    Runtime::preregister_task_variant(g1, gdesc, nullptr, 0, "ffs_step_gpu", LEGION_AUTO_GENERATE_ID, tokens_only, true);
+    TaskVariantRegistrar g2(STEP_LOGITS_GPU_TASK_ID, "ffs_step_logits_gpu");
+    g2.add_constraint(ProcessorConstraint(Processor::TOC_PROC));
+    g2.set_leaf();
+    Runtime::preregister_task_variant(g2, gdesc, nullptr, 0, "ffs_step_logits_gpu", LEGION_AUTO_GENERATE_ID, 0, false);
+    TaskVariantRegistrar g3(LOAD_WEIGHTS_GPU_TASK_ID, "ffs_load_weights_gpu");
+    g3.add_constraint(ProcessorConstraint(Processor::TOC_PROC));
+    g3.set_leaf();
+    Runtime::preregister_task_variant<int32_t, gpu_load_weights_task>(g3, "ffs_load_weights_gpu");
+#endif
   }
   g_have_process_cpus = sched_getaffinity(0, sizeof(g_process_cpus), &g_process_cpus) == 0;
   // Legion keeps pointers into argv for the life of the process.
@@ -427,7 +567,9 @@ void start(const std::vector<std::string> &args) {
   std::future<void> fut = ready.get_future();
   st().driver = std::thread(driver_main, std::move(ready));
   fut.get();
-  FFS_INFO("runtime", "Legion started; system memory pool " << (st().sysmem_capacity >> 20) << " MiB");
+  FFS_INFO("runtime", "Legion started; system memory pool " << (st().sysmem_capacity >> 20) << " MiB; "
+                                                             << st().num_gpus << " GPU(s), framebuffer "
+                                                             << (st().fb_capacity >> 20) << " MiB");
 }
 
 void shutdown() {
@@ -440,6 +582,19 @@ void shutdown() {
   wake();
   st().driver.join();
   Runtime::wait_for_shutdown();
+}
+
+bool gpu_tasks_built() {
+#ifdef FFS_GPU_TASKS
+  return true;
+#else
+  return false;
+#endif
+}
+
+int num_gpus() {
+  std::lock_guard<std::mutex> lock(st().mu);
+  return st().num_gpus;
 }
 
 ModelHandle::Stats stats(ModelHandle *m) {
@@ -471,10 +626,11 @@ void unregister_model(int id) {
         std::lock_guard<std::mutex> lock(st().mu);
         p = st().placements.at(id);
         st().placements.erase(id);
-        st().sysmem_used -= p.bytes;
+        (p.gpu ? st().fb_used : st().sysmem_used) -= p.bytes;
       }
       destroy_region(ctx, rt, p.weights);
       destroy_region(ctx, rt, p.kv);
+      engine_gpu::release(id);
     });
   }
 }

@@ -44,6 +44,10 @@ void start(const std::vector<std::string> &args);  // throws ffspec::Error
 void shutdown();
 bool started();
 ModelHandle::Stats stats(ModelHandle *m);
+// Built with the Legion GPU task variants (the GPU forward pass and a Legion with CUDA).
+bool gpu_tasks_built();
+// Legion GPU processors of the running runtime.
+int num_gpus();
 
 // Registers a loaded model so step tasks can find it by id.
 int register_model(ModelHandle *m);

@@ -1,5 +1,6 @@
 #include "serve/batch.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "util/error.h"
@@ -81,8 +82,8 @@ StepBatch StepBatch::deserialize(const void *data, size_t size) {
 }
 
 size_t StepResult::legion_buffer_size() const {
-  return 4 * sizeof(uint64_t) + sizeof(double) + sizeof(int32_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
-         topk_tokens.size() * sizeof(int32_t) + topk_probs.size() * sizeof(float);
+  return 5 * sizeof(uint64_t) + sizeof(double) + sizeof(int32_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
+         topk_tokens.size() * sizeof(int32_t) + topk_probs.size() * sizeof(float) + std::min(error.size(), kMaxError);
 }
 
 void StepResult::legion_serialize(void *buffer) const {
@@ -94,6 +95,7 @@ void StepResult::legion_serialize(void *buffer) const {
   w.vec(topk_probs);
   w.pod(compute_us);
   w.pod(ok);
+  w.vec(std::vector<char>(error.begin(), error.begin() + std::min(error.size(), kMaxError)));
   std::memcpy(buffer, out.data(), out.size());
 }
 
@@ -107,6 +109,8 @@ void StepResult::legion_deserialize(const void *buffer) {
   topk_probs = r.vec<float>();
   compute_us = r.pod<double>();
   ok = r.pod<int32_t>();
+  const std::vector<char> e = r.vec<char>();
+  error.assign(e.begin(), e.end());
 }
 
 }  // namespace ffspec

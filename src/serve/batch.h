@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace ffspec {
@@ -54,6 +55,8 @@ struct StepResult {
   std::vector<float> topk_probs;     // softmax probabilities (after the row's temperature) of those
   double compute_us = 0;             // time the step task spent computing
   int32_t ok = 0;                    // set only by a step that completed
+  std::string error;                 // why a step failed (ok == 0), at most kMaxError bytes
+  static constexpr size_t kMaxError = 1024;
 
   // Legion's future serialization protocol.
   size_t legion_buffer_size() const;

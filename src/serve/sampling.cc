@@ -98,4 +98,26 @@ int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec) {
   return draw_from(warped_probs(logits, vocab, spec.temperature, spec.topp, spec.topk), uniform01(spec.seed, spec.counter));
 }
 
+void result_from_logits(const float *logits, int vocab, const StepBatch &b, StepResult *r) {
+  r->tokens.resize(b.num_rows());
+  for (size_t i = 0; i < b.num_rows(); i++) {
+    const float *row = logits + i * static_cast<size_t>(vocab);
+    const SampleSpec &s = b.samples[i];
+    r->tokens[i] = sample_token(row, vocab, s);
+    if (s.want_logits) r->logits.insert(r->logits.end(), row, row + vocab);
+    if (const int k = std::min(s.num_topk, vocab); k > 0) {
+      const size_t at = r->topk_tokens.size();
+      r->topk_tokens.resize(at + k);
+      r->topk_probs.resize(at + k);
+      top_k_probs(row, vocab, s.do_sample ? s.temperature : 1.0f, k, &r->topk_tokens[at], &r->topk_probs[at]);
+    }
+  }
+}
+
+bool needs_host_logits(const StepBatch &b) {
+  for (const SampleSpec &s : b.samples)
+    if (s.want_logits || s.num_topk > 0) return true;
+  return false;
+}
+
 }  // namespace ffspec

@@ -22,4 +22,11 @@ int32_t draw_from(const std::vector<double> &p, double u);
 // probabilities.
 void top_k_probs(const float *logits, int vocab, float temperature, int k, int32_t *tokens, float *probs);
 
+// A step's result from its logits rows [R, vocab] (R = b.num_rows()), on the host: each row's
+// drawn token, its logits if it asked for them, and its num_topk most likely tokens. Every
+// backend builds its StepResult here (the GPU one only when some row needs the logits).
+void result_from_logits(const float *logits, int vocab, const StepBatch &b, StepResult *r);
+// Whether some row of b needs its logits on the host (want_logits or num_topk).
+bool needs_host_logits(const StepBatch &b);
+
 }  // namespace ffspec

@@ -180,9 +180,9 @@ int32_t argmax_of(const std::vector<float> &logits, int r, int V) {
   return argmax(&logits[static_cast<size_t>(r) * V], V);
 }
 
-void run_scenario(bool qwen_like, DType dt) {
+void run_scenario(bool qwen_like, DType dt, bool graphs) {
   const TinyModel m = make_tiny(qwen_like, dt);
-  Pair p(m, dt, std::string(qwen_like ? "qwen2-like " : "llama ") + dname(dt));
+  Pair p(m, dt, std::string(qwen_like ? "qwen2-like " : "llama ") + dname(dt) + (graphs ? " graphs" : " no-graphs"));
   const int V = m.cfg.vocab_size;
   p.cpu_kv.assign(static_cast<size_t>(m.cfg.num_layers) * 2 * p.max_requests * p.max_seq * m.cfg.kv_dim(), 0.f);
   gpu::GpuLlamaParams gp;
@@ -194,6 +194,7 @@ void run_scenario(bool qwen_like, DType dt) {
   gp.max_requests = p.max_requests;
   gp.max_seq = p.max_seq;
   gp.max_tokens = 4;  // the prefill grows the scratch
+  gp.cuda_graphs = graphs;
   std::string error;
   p.g = gpu::GpuLlama::create(gp, &error);
   if (!p.g) std::printf("FAIL %s create: %s\n", p.name.c_str(), error.c_str());
@@ -225,6 +226,11 @@ void run_scenario(bool qwen_like, DType dt) {
     len0++;
     len2++;
   }
+  // The three decode steps share one shape: with graphs, one was captured and replayed twice
+  // (each step above was still compared with the CPU).
+  if (graphs && p.g->num_graphs() < 1) std::printf("FAIL %s: no CUDA graph captured\n", p.name.c_str());
+  EXPECT(!graphs || p.g->num_graphs() >= 1);
+  EXPECT(graphs || p.g->num_graphs() == 0);
 
   // Verification: slot 0's pending token (the root, at L = len0) and a 6-node tree after it
   // at cache positions L+1+j; slot 2 decodes a plain token in the same batch.
@@ -299,6 +305,7 @@ void run_scenario(bool qwen_like, DType dt) {
 int main(int argc, char **argv) {
   if (!gpu_test_start(argc, argv, rng)) return report();
   for (DType dt : {DType::F32, DType::F16, DType::BF16})
-    for (bool qwen_like : {false, true}) run_scenario(qwen_like, dt);
+    for (bool qwen_like : {false, true})
+      for (bool graphs : {false, true}) run_scenario(qwen_like, dt, graphs);
   return report();
 }

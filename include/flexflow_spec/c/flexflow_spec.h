@@ -43,6 +43,22 @@ ffs_status_t ffs_runtime_init(int argc, const char **argv);
 /* Finish the driver's implicit top-level task and wait for Legion to shut down. */
 ffs_status_t ffs_runtime_shutdown(void);
 int ffs_runtime_is_started(void);
+/* Legion GPU processors in the running runtime (0 before ffs_runtime_init). Models compiled
+ * while it is > 0 live in GPU 0's framebuffer and step on it. */
+int ffs_runtime_num_gpus(void);
+
+/* The GPU backend as the CUDA runtime sees it, for choosing Legion's -ll:gpu / -ll:fsize
+ * before ffs_runtime_init. `built`: this build has the GPU task variants (CUDA kernels,
+ * cuBLAS headers, Legion with CUDA). `why` says what is missing when devices == 0. */
+typedef struct {
+  int built;
+  int devices;
+  size_t free_bytes;
+  size_t total_bytes;
+  char name[128];
+  char why[512];
+} ffs_gpu_info_t;
+ffs_status_t ffs_gpu_probe(ffs_gpu_info_t *out);
 
 typedef struct {
   int32_t vocab_size;

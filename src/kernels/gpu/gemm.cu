@@ -27,6 +27,7 @@ using DestroyFn = cublasStatus_t (*)(cublasHandle_t);
 using SetStreamFn = cublasStatus_t (*)(cublasHandle_t, cudaStream_t);
 using SetMathModeFn = cublasStatus_t (*)(cublasHandle_t, cublasMath_t);
 using StatusStringFn = const char *(*)(cublasStatus_t);
+using SetWorkspaceFn = cublasStatus_t (*)(cublasHandle_t, void *, size_t);
 using GemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
                                     const void *, const void *, cudaDataType, int, const void *, cudaDataType, int,
                                     const void *, void *, cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
@@ -38,6 +39,7 @@ static_assert(std::is_same_v<decltype(&cublasDestroy_v2), DestroyFn>);
 static_assert(std::is_same_v<decltype(&cublasSetStream_v2), SetStreamFn>);
 static_assert(std::is_same_v<decltype(&cublasSetMathMode), SetMathModeFn>);
 static_assert(std::is_same_v<decltype(&cublasGetStatusString), StatusStringFn>);
+static_assert(std::is_same_v<decltype(&cublasSetWorkspace_v2), SetWorkspaceFn>);
 static_assert(std::is_same_v<decltype(static_cast<GemmExFn>(&cublasGemmEx)), GemmExFn>);
 
 // The process-wide library: loaded once, never unloaded.
@@ -50,6 +52,7 @@ struct CublasApi {
   SetStreamFn set_stream = nullptr;
   SetMathModeFn set_math_mode = nullptr;
   StatusStringFn status_string = nullptr;
+  SetWorkspaceFn set_workspace = nullptr;
   GemmExFn gemm_ex = nullptr;
 };
 
@@ -118,8 +121,10 @@ const CublasApi &cublas_api() {
       api.set_stream = reinterpret_cast<SetStreamFn>(sym("cublasSetStream_v2"));
       api.set_math_mode = reinterpret_cast<SetMathModeFn>(sym("cublasSetMathMode"));
       api.status_string = reinterpret_cast<StatusStringFn>(sym("cublasGetStatusString"));
+      api.set_workspace = reinterpret_cast<SetWorkspaceFn>(sym("cublasSetWorkspace_v2"));
       api.gemm_ex = reinterpret_cast<GemmExFn>(sym("cublasGemmEx"));
-      if (api.create && api.destroy && api.set_stream && api.set_math_mode && api.status_string && api.gemm_ex) {
+      if (api.create && api.destroy && api.set_stream && api.set_math_mode && api.status_string &&
+          api.set_workspace && api.gemm_ex) {
         api.lib = lib;
         api.path = cand;
         return;
@@ -151,6 +156,9 @@ struct Blas {
   cublasHandle_t handle = nullptr;
   BlasOptions opts;
   std::string last_error;
+  void *workspace = nullptr;
+  gpuStream_t stream = nullptr;  // the stream the handle is set to
+  bool stream_set = false;
 };
 
 const char *blas_library_path() {
@@ -175,12 +183,22 @@ Blas *blas_create(const BlasOptions &opts, std::string *error) {
     if (h) api.destroy(h);
     return nullptr;
   }
-  return new Blas{h, opts, {}};
+  Blas *b = new Blas{h, opts, {}};
+  if (opts.workspace_bytes > 0) {
+    const gpuError_t e = gpuMalloc(&b->workspace, opts.workspace_bytes);
+    if (e != gpuSuccess) {
+      if (error) *error = std::string("cuBLAS workspace: ") + gpuGetErrorString(e);
+      blas_destroy(b);
+      return nullptr;
+    }
+  }
+  return b;
 }
 
 void blas_destroy(Blas *b) {
   if (!b) return;
   if (b->handle) cublas_api().destroy(b->handle);
+  if (b->workspace) gpuFree(b->workspace);
   delete b;
 }
 
@@ -225,7 +243,15 @@ BlasStatus linear(Blas *b, const void *x, const void *w, const void *bias, void 
   // Row-major y[M, N] = x[M, K] · w[N, K]ᵀ is column-major yᵀ[N, M] = w · xᵀ, where w read
   // column-major is [K, N] (op T) and x is [K, M] (op N). alpha/beta are fp32 (compute 32F).
   const float alpha = 1.0f;
-  cublasStatus_t s = api.set_stream(b->handle, stream);
+  // cublasSetStream puts the handle back on cuBLAS's own workspace pool, so ours is set again
+  // after it; both only when the stream changes.
+  cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
+  if (!b->stream_set || b->stream != stream) {
+    s = api.set_stream(b->handle, stream);
+    if (s == CUBLAS_STATUS_SUCCESS && b->workspace) s = api.set_workspace(b->handle, b->workspace, b->opts.workspace_bytes);
+    b->stream_set = s == CUBLAS_STATUS_SUCCESS;
+    b->stream = stream;
+  }
   if (s == CUBLAS_STATUS_SUCCESS)
     s = api.gemm_ex(b->handle, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, type, K, x, type, K, &beta, y, type, N,
                     compute, CUBLAS_GEMM_DEFAULT);

@@ -115,6 +115,10 @@ struct BlasOptions {
   // fp32 inputs: let cuBLAS round them to TF32 on tensor cores (~1e-3 relative). Off by
   // default, so fp32 matches the CPU within ~1e-5.
   bool allow_tf32 = false;
+  // cuBLAS's workspace, owned by the handle (allocated by blas_create). A handle with its own
+  // workspace never allocates during a GEMM, which CUDA graph capture requires; 32 MiB is
+  // NVIDIA's recommendation for Hopper.
+  size_t workspace_bytes = size_t(32) << 20;
 };
 // Loads cuBLAS (once per process) and creates a handle; null on failure, with *error saying
 // why (every library path tried, or the cuBLAS status).

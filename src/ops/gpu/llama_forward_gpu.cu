@@ -17,24 +17,6 @@
 
 #include "kernels/gpu/dispatch.cuh"
 
-// Stream and async-copy names gpu_compat.h does not map (yet).
-#if defined(FFS_HIP) || defined(__HIP_PLATFORM_AMD__)
-#define gpuMemcpyAsync hipMemcpyAsync
-#define gpuMemsetAsync hipMemsetAsync
-#define gpuMemset hipMemset
-#define gpuStreamCreateWithFlags hipStreamCreateWithFlags
-#define gpuStreamNonBlocking hipStreamNonBlocking
-#define gpuStreamSynchronize hipStreamSynchronize
-#define gpuStreamDestroy hipStreamDestroy
-#else
-#define gpuMemcpyAsync cudaMemcpyAsync
-#define gpuMemsetAsync cudaMemsetAsync
-#define gpuMemset cudaMemset
-#define gpuStreamCreateWithFlags cudaStreamCreateWithFlags
-#define gpuStreamNonBlocking cudaStreamNonBlocking
-#define gpuStreamSynchronize cudaStreamSynchronize
-#define gpuStreamDestroy cudaStreamDestroy
-#endif
 
 namespace ffspec::gpu {
 
@@ -133,6 +115,17 @@ struct Packer {
   }
 };
 
+// The launches of a step depend only on these (and on the scratch addresses, which only
+// change when a buffer grows: every graph is dropped then).
+struct GraphKey {
+  int T, R, hint, commits, tree, sample;
+  bool operator==(const GraphKey &o) const {
+    return T == o.T && R == o.R && hint == o.hint && commits == o.commits && tree == o.tree && sample == o.sample;
+  }
+};
+constexpr int kMaxGraphTokens = 512;  // larger steps (prefill chunks) run uncaptured
+constexpr size_t kMaxGraphs = 64;
+
 }  // namespace
 
 struct GpuLlama::Impl {
@@ -141,7 +134,9 @@ struct GpuLlama::Impl {
   DType dt = DType::F32;
   size_t es = 4;  // element size
   int max_requests = 0, max_seq = 0;
-  DeviceBuffer weights, kv, inv_freq;
+  DeviceBuffer own_weights, own_kv, inv_freq;  // owned storage (none when external)
+  void *weights = nullptr, *kv = nullptr;      // what the kernels use: owned or external
+  size_t kv_bytes = 0;
   DeviceBuffer act;   // activations [capacity tokens] (offsets below)
   DeviceBuffer meta;  // the step's int arrays
   int capacity = 0;   // tokens the activation buffer holds
@@ -149,13 +144,42 @@ struct GpuLlama::Impl {
   DeviceBuffer head;  // [R, H] gathered rows + [R, vocab] logits
   std::vector<uint8_t> logits_host;  // dtype bits of the logits before conversion to fp32
   Blas *blas = nullptr;
-  gpuStream_t stream = nullptr;
+  gpuStream_t own_stream = nullptr;  // created by create() when none was given
+  gpuStream_t stream = nullptr;      // where step() enqueues
+
+  // CUDA graphs of the step's launches, one per shape, least recently used first.
+  bool use_graphs = true;
+  gpuStream_t capture_stream = nullptr;
+  std::vector<std::pair<GraphKey, gpuGraphExec_t>> graphs;
 
   ~Impl() {
+    drop_graphs();
+    if (capture_stream) gpuStreamDestroy(capture_stream);
     if (blas) blas_destroy(blas);
-    if (stream) gpuStreamDestroy(stream);
+    if (own_stream) gpuStreamDestroy(own_stream);
   }
-  const void *w(size_t offset) const { return static_cast<const char *>(weights.p) + offset * es; }
+  void drop_graphs() {
+    for (auto &g : graphs) gpuGraphExecDestroy(g.second);
+    graphs.clear();
+  }
+  gpuGraphExec_t find_graph(const GraphKey &k) {
+    for (size_t i = 0; i < graphs.size(); i++)
+      if (graphs[i].first == k) {
+        auto hit = graphs[i];
+        graphs.erase(graphs.begin() + static_cast<std::ptrdiff_t>(i));
+        graphs.push_back(hit);  // most recent last
+        return hit.second;
+      }
+    return nullptr;
+  }
+  void add_graph(const GraphKey &k, gpuGraphExec_t g) {
+    if (graphs.size() >= kMaxGraphs) {
+      gpuGraphExecDestroy(graphs.front().second);
+      graphs.erase(graphs.begin());
+    }
+    graphs.emplace_back(k, g);
+  }
+  const void *w(size_t offset) const { return static_cast<const char *>(weights) + offset * es; }
 
   gpuError_t reserve_tokens(int T) {
     if (T <= capacity) return gpuSuccess;
@@ -183,17 +207,53 @@ struct GpuLlama::Impl {
 
 GpuLlama::GpuLlama(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 GpuLlama::~GpuLlama() = default;
-void *GpuLlama::kv_cache() const { return impl_->kv.p; }
-size_t GpuLlama::kv_cache_bytes() const { return impl_->kv.bytes; }
+void *GpuLlama::kv_cache() const { return impl_->kv; }
+size_t GpuLlama::kv_cache_bytes() const { return impl_->kv_bytes; }
 DType GpuLlama::dtype() const { return impl_->dt; }
 gpuStream_t GpuLlama::stream() const { return impl_->stream; }
+void GpuLlama::set_stream(gpuStream_t stream) { impl_->stream = stream ? stream : impl_->own_stream; }
+
+bool GpuLlama::upload(const float *host, size_t n, DType dt, void *device, gpuStream_t stream, std::string *error) {
+  const size_t es = dtype_size(dt);
+  const size_t chunk = std::min(n, size_t(1) << 24);
+  if (n == 0) return true;
+  // Two pinned halves: the host converts one chunk while the other is being copied.
+  void *staging = nullptr;
+  gpuError_t e = gpuMallocHost(&staging, 2 * chunk * es);
+  if (e != gpuSuccess) {
+    if (error) *error = gpu_message("pinned staging buffer", e);
+    return false;
+  }
+  gpuEvent_t done[2] = {nullptr, nullptr};
+  for (int i = 0; i < 2 && e == gpuSuccess; i++) e = gpuEventCreateWithFlags(&done[i], gpuEventDisableTiming);
+  size_t k = 0;
+  for (size_t at = 0; at < n && e == gpuSuccess; at += chunk, k++) {
+    const size_t m = std::min(chunk, n - at);
+    char *half = static_cast<char *>(staging) + (k % 2) * chunk * es;
+    if (k >= 2 && (e = gpuEventSynchronize(done[k % 2])) != gpuSuccess) break;  // that half is free again
+    encode(host + at, m, dt, half);
+    if ((e = gpuMemcpyAsync(static_cast<char *>(device) + at * es, half, m * es, gpuMemcpyHostToDevice, stream)) !=
+        gpuSuccess)
+      break;
+    e = gpuEventRecord(done[k % 2], stream);
+  }
+  if (e == gpuSuccess) e = gpuStreamSynchronize(stream);
+  for (gpuEvent_t ev : done)
+    if (ev) gpuEventDestroy(ev);
+  gpuFreeHost(staging);
+  if (e != gpuSuccess && error) *error = gpu_message("weights upload", e);
+  return e == gpuSuccess;
+}
 
 std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string *error) {
   auto fail = [&](const std::string &m) {
     if (error) *error = "GpuLlama: " + m;
     return std::unique_ptr<GpuLlama>();
   };
-  if (!p.cfg || !p.layout || !p.inv_freq || !p.weights) return fail("cfg, layout, inv_freq and weights are required");
+  const bool external = p.device_weights != nullptr;
+  if (!p.cfg || !p.layout || !p.inv_freq || (!p.weights && !external))
+    return fail("cfg, layout, inv_freq and weights (host or device) are required");
+  if (external != (p.device_kv != nullptr)) return fail("device_weights and device_kv go together");
   const LlamaConfig &c = *p.cfg;
   if (p.max_requests <= 0 || p.max_seq <= 0) return fail("max_requests and max_seq must be positive");
   if (c.num_heads <= 0 || c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0)
@@ -210,35 +270,40 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
   m.es = dtype_size(p.dtype);
   m.max_requests = p.max_requests;
   m.max_seq = p.max_seq;
-  gpuError_t e = gpuStreamCreateWithFlags(&m.stream, gpuStreamNonBlocking);
-  if (e != gpuSuccess) return fail(gpu_message("stream", e));
+  m.use_graphs = p.cuda_graphs;
+  gpuError_t e = gpuSuccess;
+  if (p.stream) {
+    m.stream = p.stream;
+  } else {
+    if ((e = gpuStreamCreateWithFlags(&m.own_stream, gpuStreamNonBlocking)) != gpuSuccess)
+      return fail(gpu_message("stream", e));
+    m.stream = m.own_stream;
+  }
   std::string blas_error;
   m.blas = blas_create(p.blas, &blas_error);
   if (!m.blas) return fail(blas_error);
 
-  // Weights: converted on the host in chunks (no second full-size host copy), copied in order.
-  const size_t total = m.layout.total;
-  if ((e = m.weights.reserve(total * m.es)) != gpuSuccess) return fail(gpu_message("weights", e));
-  if (m.dt == DType::F32) {
-    e = gpuMemcpy(m.weights.p, p.weights, total * 4, gpuMemcpyHostToDevice);
+  m.kv_bytes = static_cast<size_t>(c.num_layers) * 2 * p.max_requests * p.max_seq * c.kv_dim() * m.es;
+  if (external) {
+    m.weights = p.device_weights;
+    m.kv = p.device_kv;
   } else {
-    const size_t chunk = size_t(1) << 24;
-    std::vector<uint8_t> staging(std::min(chunk, total) * m.es);
-    for (size_t at = 0; at < total && e == gpuSuccess; at += chunk) {
-      const size_t n = std::min(chunk, total - at);
-      encode(p.weights + at, n, m.dt, staging.data());
-      e = gpuMemcpy(static_cast<char *>(m.weights.p) + at * m.es, staging.data(), n * m.es, gpuMemcpyHostToDevice);
-    }
+    // Weights: converted on the host in chunks (no second full-size host copy).
+    const size_t total = m.layout.total;
+    if ((e = m.own_weights.reserve(total * m.es)) != gpuSuccess) return fail(gpu_message("weights", e));
+    m.weights = m.own_weights.p;
+    std::string up_error;
+    if (!upload(p.weights, total, m.dt, m.weights, m.stream, &up_error)) return fail(up_error);
+    // Zeroed: attention reads whole K/V tiles up to kv_end and multiplies the hidden ones by
+    // 0, so a never-written position must not hold NaN bits. (A Legion KV region is filled
+    // with zeros by the engine.)
+    if ((e = m.own_kv.reserve(m.kv_bytes)) != gpuSuccess || (e = gpuMemset(m.own_kv.p, 0, m.kv_bytes)) != gpuSuccess)
+      return fail(gpu_message("KV cache", e));
+    m.kv = m.own_kv.p;
   }
-  if (e != gpuSuccess) return fail(gpu_message("weights upload", e));
   if ((e = m.inv_freq.reserve(c.head_dim / 2 * sizeof(float))) != gpuSuccess ||
       (e = gpuMemcpy(m.inv_freq.p, p.inv_freq, c.head_dim / 2 * sizeof(float), gpuMemcpyHostToDevice)) != gpuSuccess)
     return fail(gpu_message("inv_freq", e));
-  // Zeroed: attention reads whole K/V tiles up to kv_end and multiplies the hidden ones by 0,
-  // so a never-written position must not hold NaN bits.
-  const size_t kv_bytes = static_cast<size_t>(c.num_layers) * 2 * p.max_requests * p.max_seq * c.kv_dim() * m.es;
-  if ((e = m.kv.reserve(kv_bytes)) != gpuSuccess || (e = gpuMemset(m.kv.p, 0, kv_bytes)) != gpuSuccess)
-    return fail(gpu_message("KV cache", e));
   if ((e = m.reserve_tokens(std::max(p.max_tokens, 1))) != gpuSuccess) return fail(gpu_message("activations", e));
   return std::unique_ptr<GpuLlama>(new GpuLlama(std::move(impl)));
 }
@@ -301,10 +366,17 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
   const size_t meta_bytes = o_out + static_cast<size_t>(R) * sizeof(int32_t);
 
   gpuError_t e;
-  if ((e = m.meta.reserve(meta_bytes)) != gpuSuccess || (e = m.reserve_tokens(T)) != gpuSuccess)
-    return fail(gpu_message("scratch", e));
   const size_t head_bytes = (static_cast<size_t>(R) * H * m.es + 255) / 256 * 256 + static_cast<size_t>(R) * V * m.es;
-  if ((e = m.head.reserve(head_bytes)) != gpuSuccess) return fail(gpu_message("LM head scratch", e));
+  {
+    void *before[3] = {m.meta.p, m.act.p, m.head.p};
+    const int capacity_before = m.capacity;  // the activation offsets follow the capacity
+    if ((e = m.meta.reserve(meta_bytes)) != gpuSuccess || (e = m.reserve_tokens(T)) != gpuSuccess)
+      return fail(gpu_message("scratch", e));
+    if ((e = m.head.reserve(head_bytes)) != gpuSuccess) return fail(gpu_message("LM head scratch", e));
+    // A captured graph holds these addresses: one that moved makes every graph stale.
+    if (before[0] != m.meta.p || before[1] != m.act.p || before[2] != m.head.p || capacity_before != m.capacity)
+      m.drop_graphs();
+  }
   gpuStream_t s = m.stream;
   // pk.blob (pageable) outlives the copy: step() synchronizes before returning.
   if (!pk.blob.empty() &&
@@ -313,87 +385,126 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
   const int32_t *d_tok = m.meta.at<int32_t>(o_tok), *d_pos = m.meta.at<int32_t>(o_pos);
   const int32_t *d_slot = m.meta.at<int32_t>(o_slot), *d_cpos = m.meta.at<int32_t>(o_cpos);
   const int32_t *d_plen = m.meta.at<int32_t>(o_plen);
+  void *logits = static_cast<char *>(m.head.p) + (static_cast<size_t>(R) * H * m.es + 255) / 256 * 256;
+  int32_t *d_out = m.meta.at<int32_t>(o_out);
+  // Consecutive tokens sharing a slot (the chunk or tree size): attention's tile hint.
+  int hint = 1;
+  for (int i = 1, run = 1; i < T; i++) {
+    run = b.slots[i] == b.slots[i - 1] ? run + 1 : 1;
+    hint = std::max(hint, run);
+  }
 
   auto check = [&](gpuError_t err, const char *what) {
     if (err != gpuSuccess && error) *error = gpu_message((std::string("GpuLlama::step: ") + what).c_str(), err);
     return err == gpuSuccess;
   };
-  auto gemm = [&](const void *x, size_t w_off, const void *bias, void *y, int M, int N, int K) {
-    const BlasStatus st = linear(m.blas, x, m.w(w_off), bias, y, M, N, K, m.dt, s);
-    if (st != BlasStatus::Ok && error) *error = std::string("GpuLlama::step: linear: ") + blas_last_error(m.blas);
-    return st == BlasStatus::Ok;
-  };
-
-  // Accepted tree tokens' K/V move to their final positions before anything reads them.
-  if (!b.commits.empty() &&
-      !check(kv_commit(m.kv.p, m.meta.at<int32_t>(o_moves), static_cast<int>(b.commits.size()), c.num_layers,
-                       m.max_requests, m.max_seq, KV, m.dt, s),
-             "kv_commit"))
-    return false;
-  if (T > 0) {
-    // Consecutive tokens sharing a slot (the chunk or tree size): attention's tile hint.
-    int hint = 1;
-    for (int i = 1, run = 1; i < T; i++) {
-      run = b.slots[i] == b.slots[i - 1] ? run + 1 : 1;
-      hint = std::max(hint, run);
-    }
+  // Everything between the batch upload and the result copies: the same launches for the
+  // same shape (T, R, hint, commits, tree, sampling), reading the step's values from meta,
+  // so it can be captured once into a CUDA graph and replayed.
+  auto enqueue = [&](gpuStream_t st) -> bool {
+    auto gemm = [&](const void *x, size_t w_off, const void *bias, void *y, int M, int N, int K) {
+      const BlasStatus bs = linear(m.blas, x, m.w(w_off), bias, y, M, N, K, m.dt, st);
+      if (bs != BlasStatus::Ok && error) *error = std::string("GpuLlama::step: linear: ") + blas_last_error(m.blas);
+      return bs == BlasStatus::Ok;
+    };
+    // Accepted tree tokens' K/V move to their final positions before anything reads them.
+    if (!b.commits.empty() &&
+        !check(kv_commit(m.kv, m.meta.at<int32_t>(o_moves), static_cast<int>(b.commits.size()), c.num_layers,
+                         m.max_requests, m.max_seq, KV, m.dt, st),
+               "kv_commit"))
+      return false;
+    if (T == 0) return true;
     void *res = m.a(m.off_res), *h = m.a(m.off_h), *h2 = m.a(m.off_h2), *qkv = m.a(m.off_qkv);
     void *attn = m.a(m.off_attn), *gu = m.a(m.off_gu), *act = m.a(m.off_act);
     const size_t slot_stride = static_cast<size_t>(m.max_seq) * KV;
     const size_t half_cache = static_cast<size_t>(m.max_requests) * slot_stride * m.es;  // bytes
-    if (!check(embedding(d_tok, m.w(m.layout.embed), res, T, H, V, m.dt, s), "embedding")) return false;
+    if (!check(embedding(d_tok, m.w(m.layout.embed), res, T, H, V, m.dt, st), "embedding")) return false;
     for (int l = 0; l < c.num_layers; l++) {
       const LayerLayout &L = m.layout.layers[l];
-      char *ck = static_cast<char *>(m.kv.p) + static_cast<size_t>(l) * 2 * half_cache, *cv = ck + half_cache;
+      char *ck = static_cast<char *>(m.kv) + static_cast<size_t>(l) * 2 * half_cache, *cv = ck + half_cache;
       // residual += previous layer's down projection (none before layer 0); h = norm(residual)
-      if (!check(add_rms_norm(res, l == 0 ? nullptr : h2, m.w(L.attn_norm), c.rms_norm_eps, h, T, H, m.dt, s),
+      if (!check(add_rms_norm(res, l == 0 ? nullptr : h2, m.w(L.attn_norm), c.rms_norm_eps, h, T, H, m.dt, st),
                  "attn norm"))
         return false;
       if (!gemm(h, L.wqkv, c.qkv_bias ? m.w(L.bqkv) : nullptr, qkv, T, QKV, H)) return false;
       if (!check(rope(qkv, T, QKV, c.num_heads + c.num_kv_heads, c.head_dim, d_pos, m.inv_freq.at<float>(0), m.dt,
-                      s),
+                      st),
                  "rope"))
         return false;
-      if (!check(kv_store(qkv, T, QKV, Q, KV, d_slot, d_cpos, ck, cv, m.max_seq, m.dt, s), "kv_store")) return false;
+      if (!check(kv_store(qkv, T, QKV, Q, KV, d_slot, d_cpos, ck, cv, m.max_seq, m.dt, st), "kv_store"))
+        return false;
       AttentionArgs aa{qkv, QKV, ck, cv, m.max_seq, c.num_heads, c.num_kv_heads, c.head_dim, d_plen, d_slot,
                        tree ? m.meta.at<int32_t>(o_base) : nullptr, tree ? m.meta.at<uint64_t>(o_mask) : nullptr, T,
                        attn, m.dt, hint};
-      if (!check(attention(aa, s), "attention")) return false;
+      if (!check(attention(aa, st), "attention")) return false;
       if (!gemm(attn, L.wo, nullptr, h2, T, H, Q)) return false;
-      if (!check(add_rms_norm(res, h2, m.w(L.ffn_norm), c.rms_norm_eps, h, T, H, m.dt, s), "ffn norm")) return false;
+      if (!check(add_rms_norm(res, h2, m.w(L.ffn_norm), c.rms_norm_eps, h, T, H, m.dt, st), "ffn norm"))
+        return false;
       if (!gemm(h, L.w_gate_up, nullptr, gu, T, 2 * I, H)) return false;
-      if (!check(silu_mul(gu, act, T, I, m.dt, s), "silu_mul")) return false;
+      if (!check(silu_mul(gu, act, T, I, m.dt, st), "silu_mul")) return false;
       if (!gemm(act, L.w_down, nullptr, h2, T, H, I)) return false;
     }
-    if (R > 0) {
-      // Row-wise norm, so norming every token and gathering R rows equals the CPU's gather
-      // then norm. The gather is embedding() over the normed rows ("vocab" = T).
-      void *last = m.head.p;
-      void *logits = static_cast<char *>(m.head.p) + (static_cast<size_t>(R) * H * m.es + 255) / 256 * 256;
-      if (!check(add_rms_norm(res, h2, m.w(m.layout.final_norm), c.rms_norm_eps, h, T, H, m.dt, s), "final norm") ||
-          !check(embedding(m.meta.at<int32_t>(o_rows), h, last, R, H, T, m.dt, s), "row gather") ||
-          !gemm(last, m.layout.lm_head, nullptr, logits, R, V, H))
+    if (R == 0) return true;
+    // Row-wise norm, so norming every token and gathering R rows equals the CPU's gather
+    // then norm. The gather is embedding() over the normed rows ("vocab" = T).
+    void *last = m.head.p;
+    if (!check(add_rms_norm(res, h2, m.w(m.layout.final_norm), c.rms_norm_eps, h, T, H, m.dt, st), "final norm") ||
+        !check(embedding(m.meta.at<int32_t>(o_rows), h, last, R, H, T, m.dt, st), "row gather") ||
+        !gemm(last, m.layout.lm_head, nullptr, logits, R, V, H))
+      return false;
+    if (out.tokens &&
+        !check(sample_rows(logits, V, R, V, m.meta.at<SampleParams>(o_params), d_out, m.dt, st), "sample_rows"))
+      return false;
+    return true;
+  };
+
+  // Small steps (decoding, tree verification) replay a CUDA graph per shape; a shape seen for
+  // the first time is captured on a private stream, then launched on s like any other.
+  const GraphKey key{T, R, hint, static_cast<int>(b.commits.size()), tree ? 1 : 0, out.tokens ? 1 : 0};
+  gpuGraphExec_t exec = nullptr;
+  if (m.use_graphs && T > 0 && T <= kMaxGraphTokens) {
+    exec = m.find_graph(key);
+    if (!exec) {
+      if (!m.capture_stream && (e = gpuStreamCreateWithFlags(&m.capture_stream, gpuStreamNonBlocking)) != gpuSuccess)
+        return fail(gpu_message("capture stream", e));
+      if ((e = gpuStreamBeginCapture(m.capture_stream, gpuStreamCaptureModeThreadLocal)) != gpuSuccess)
+        return fail(gpu_message("graph capture", e));
+      const bool ok = enqueue(m.capture_stream);
+      gpuGraph_t graph = nullptr;
+      e = gpuStreamEndCapture(m.capture_stream, &graph);
+      if (!ok) {
+        if (graph) gpuGraphDestroy(graph);
         return false;
-      int32_t *d_out = m.meta.at<int32_t>(o_out);
-      if (out.tokens &&
-          (!check(sample_rows(logits, V, R, V, m.meta.at<SampleParams>(o_params), d_out, m.dt, s), "sample_rows") ||
-           !check(gpuMemcpyAsync(out.tokens, d_out, R * sizeof(int32_t), gpuMemcpyDeviceToHost, s), "tokens copy")))
-        return false;
-      if (out.logits) {
-        const size_t n = static_cast<size_t>(R) * V;
-        void *dst = out.logits;
-        if (m.dt != DType::F32) {
-          m.logits_host.resize(n * m.es);
-          dst = m.logits_host.data();
-        }
-        if (!check(gpuMemcpyAsync(dst, logits, n * m.es, gpuMemcpyDeviceToHost, s), "logits copy")) return false;
       }
+      if (e == gpuSuccess) e = gpuGraphInstantiate(&exec, graph, 0);
+      if (graph) gpuGraphDestroy(graph);
+      if (e != gpuSuccess) return fail(gpu_message("graph capture", e));
+      m.add_graph(key, exec);
+    }
+    if ((e = gpuGraphLaunch(exec, s)) != gpuSuccess) return fail(gpu_message("graph launch", e));
+  } else if (!enqueue(s)) {
+    return false;
+  }
+  if (T > 0 && R > 0) {
+    if (out.tokens && !check(gpuMemcpyAsync(out.tokens, d_out, R * sizeof(int32_t), gpuMemcpyDeviceToHost, s),
+                             "tokens copy"))
+      return false;
+    if (out.logits) {
+      const size_t n = static_cast<size_t>(R) * V;
+      void *dst = out.logits;
+      if (m.dt != DType::F32) {
+        m.logits_host.resize(n * m.es);
+        dst = m.logits_host.data();
+      }
+      if (!check(gpuMemcpyAsync(dst, logits, n * m.es, gpuMemcpyDeviceToHost, s), "logits copy")) return false;
     }
   }
   if (!check(gpuStreamSynchronize(s), "step")) return false;
-  if (out.logits && R > 0 && m.dt != DType::F32)
+  if (out.logits && T > 0 && R > 0 && m.dt != DType::F32)
     decode(m.logits_host.data(), static_cast<size_t>(R) * V, m.dt, out.logits);
   return true;
 }
+
+size_t GpuLlama::num_graphs() const { return impl_->graphs.size(); }
 
 }  // namespace ffspec::gpu

@@ -1,8 +1,10 @@
 // One decoding step of a LLaMA-family model on the GPU: llama_forward_cpu's contract
 // (src/ops/llama_forward.h) as plain CUDA host code over src/kernels/gpu, no Legion.
-// A GpuLlama owns the weights (uploaded once from the same flat fp32 host buffer the CPU
+// A GpuLlama holds the weights (uploaded once from the same flat fp32 host buffer the CPU
 // path reads, stored as fp32, fp16 or bf16), the KV cache [layers, 2, max_requests, max_seq,
 // kv_dim] in device memory, a cuBLAS handle and one stream; step() runs one StepBatch on it.
+// The engine's Legion GPU tasks give it their framebuffer instances and task stream instead
+// (device_weights / device_kv / stream): it then owns only its scratch and cuBLAS handle.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -19,11 +21,20 @@ struct GpuLlamaParams {
   const LlamaLayout *layout = nullptr;
   const float *inv_freq = nullptr;  // host [head_dim/2], LlamaConfig::rope_inv_freq()
   const float *weights = nullptr;   // host [layout.total]: read once by create(), not kept
+  // External device buffers (not owned, already in dtype): with these create() neither
+  // uploads the weights nor allocates or zeroes the cache, and `weights` may be null.
+  void *device_weights = nullptr;   // [layout.total]
+  void *device_kv = nullptr;        // [layers, 2, max_requests, max_seq, kv_dim]
+  gpuStream_t stream = nullptr;     // work goes on this stream (not owned); null: create one
   DType dtype = DType::F32;         // storage and activations; every kernel accumulates in fp32
   int max_requests = 0;             // KV cache slots
   int max_seq = 0;                  // positions per slot
   int max_tokens = 0;               // scratch sized for this many tokens per step (grown on demand)
   BlasOptions blas;                 // allow_tf32 off by default: fp32 stays within ~1e-5 of the CPU
+  // Replay steps of up to 512 tokens from CUDA graphs, one captured per step shape (tokens,
+  // logit rows, tokens per slot, commits, tree or not, sampling or not); a shape's first step
+  // is captured, later ones launch the graph: one launch instead of ~10 per layer.
+  bool cuda_graphs = true;
 };
 
 // What step() hands back; any pointer may be null (that output is not produced).
@@ -50,6 +61,13 @@ class GpuLlama {
   // nothing is run then) or a failed launch.
   bool step(const StepBatch &batch, const GpuStepOutput &out, std::string *error);
 
+  // Later steps go on this stream (not owned), e.g. the Legion task's stream; null goes
+  // back to the GpuLlama's own stream, if it made one.
+  void set_stream(gpuStream_t stream);
+
+  // CUDA graphs held (one per step shape seen, at most 64).
+  size_t num_graphs() const;
+
   // The device KV cache [layers, 2, max_requests, max_seq, kv_dim] of dtype(), for tests and
   // for copying a slot out.
   void *kv_cache() const;
@@ -58,6 +76,11 @@ class GpuLlama {
   gpuStream_t stream() const;
 
   struct Impl;
+
+  // Host fp32 -> dtype -> device: n values from `host` to `device` (a byte address of n
+  // dtype elements), converted a chunk at a time through a pinned staging buffer on
+  // `stream`; returns once the copy is done. False with *error on a CUDA error.
+  static bool upload(const float *host, size_t n, DType dt, void *device, gpuStream_t stream, std::string *error);
 
  private:
   explicit GpuLlama(std::unique_ptr<Impl> impl);

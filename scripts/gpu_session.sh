@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The issue-5 checks on a lent GPU machine (no network; see docs/gpu_kernels.md), in as few
+# device calls as possible. Prepare here, on the dev machine:
+#
+#   bash scripts/gpu_session.sh prepare     # fills .gpu_carry/ (git-ignored, < 64 MiB)
+#
+# then on the device, carrying .gpu_carry (each stage writes its log under $OUT):
+#
+#   bash scripts/gpu_session.sh build       # cmake + ninja into build-gpu/ (~2 min on 16 cores)
+#   bash scripts/gpu_session.sh test        # kernel + forward programs, Legion GPU smoke, suites
+#   bash scripts/gpu_session.sh bench       # bench_gpu_forward, benchmarks/bench_gpu.py
+#
+# build-gpu/ stays on the machine between calls while it is warm (it goes back after 30 s
+# idle), so run the stages back to back, or `all` in one call when the time limit allows.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+CARRY=$ROOT/.gpu_carry
+OUT=${OUT:-$ROOT/.gpu_out}
+mkdir -p "$OUT"
+stage=${1:-all}
+
+prepare() {
+  set -e
+  grep -qx '/.gpu_carry/' .git/info/exclude 2>/dev/null || echo '/.gpu_carry/' >> .git/info/exclude
+  grep -qx '/build-gpu/' .git/info/exclude 2>/dev/null || echo '/build-gpu/' >> .git/info/exclude
+  rm -rf "$CARRY" && mkdir -p "$CARRY/wheels"
+  # The CUDA Legion install this checkout's patches give (built here once, reused).
+  local prefix
+  prefix=$(python3 cmake/legion_cache.py --cuda | tail -1)
+  tar -C "$prefix" -cJf "$CARRY/legion.tar.xz" .
+  # What the device's Python (3.12, torch, scikit-build-core, no network) lacks: cffi, and
+  # OpenBLAS (scipy-openblas32 ships the library, headers and CMake files).
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$CARRY/wheels" cffi pycparser "scipy-openblas32==0.3.34.*" gguf
+  du -sh "$CARRY"/* | sed 's/^/[gpu-session] /'
+  echo "[gpu-session] carry .gpu_carry (total $(du -sm "$CARRY" | cut -f1) MiB)"
+}
+
+env_setup() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$CARRY"/wheels/*.whl >/dev/null 2>&1 || true
+  export PYTHONPATH=/tmp/site:$ROOT/python${PYTHONPATH:+:$PYTHONPATH}
+  export FFS_LIBRARY=$ROOT/build-gpu/src/libflexflow_spec.so
+  # cuBLAS from the venv's nvidia-cublas wheel (nvidia/cu13/lib in CUDA 13 wheels).
+  local d
+  d=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/{cu13,cublas}/lib 2>/dev/null | head -1)
+  [ -n "$d" ] && export FFS_CUBLAS_LIBRARY=$d
+  export LD_LIBRARY_PATH=$(python3 -c "import scipy_openblas32 as s; print(s.get_lib_dir())" 2>/dev/null):${LD_LIBRARY_PATH:-}
+  export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 FFS_TEST_SKIP_MISSING_FIXTURES=1
+}
+
+build() {
+  env_setup
+  mkdir -p /tmp/legion && tar -C /tmp/legion -xJf "$CARRY/legion.tar.xz"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DLegion_ROOT=/tmp/legion -DFFS_BLAS=SCIPY \
+    -DFFS_BUILD_TESTS=ON -DPython3_EXECUTABLE="$(command -v python3)" 2>&1 | tee "$OUT/configure.log" | grep -E "GPU|Legion|BLAS|Error"
+  ninja -C build-gpu 2>&1 | tee "$OUT/build.log" | tail -3
+}
+
+run_tests() {
+  env_setup
+  local rc=0
+  for t in test_gpu_kernels test_gpu_forward; do
+    echo "== $t" | tee -a "$OUT/tests.log"
+    ./build-gpu/tests/cpp/$t 2>&1 | tee "$OUT/$t.log" | tail -5 | tee -a "$OUT/tests.log" || rc=1
+  done
+  echo "== Legion GPU smoke: a tiny random LLaMA on the GPU, greedy tokens == transformers" | tee -a "$OUT/tests.log"
+  python3 - <<'EOF' 2>&1 | tee -a "$OUT/tests.log" || rc=1
+import tempfile, sys
+sys.path.insert(0, "tests")
+import torch, flexflow_spec as ff
+from conftest import make_tiny_llama
+from transformers import AutoModelForCausalLM
+d = make_tiny_llama(__import__("pathlib").Path(tempfile.mkdtemp()) / "tiny", seed=3)
+print("settings", ff.init(num_gpus=1, num_cpus=2))
+llm = ff.LLM(str(d), data_type=ff.DataType.DT_FLOAT)
+llm.compile(ff.GenerationConfig(), max_requests_per_batch=2, max_seq_length=64)
+prompt = [1, 5, 9, 33, 7]
+ours = llm.generate(prompt, max_new_tokens=24, ignore_eos=True).output_tokens
+hf = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+ref = hf.generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24, do_sample=False)[0, len(prompt):].tolist()
+print("ours", ours, "\nhf  ", ref, "\nstats", llm.stats())
+assert ours == ref, "GPU greedy tokens differ from transformers"
+print("LEGION GPU SMOKE OK")
+EOF
+  echo "== Python suites on the GPU (FFS_TEST_NUM_GPUS=1)" | tee -a "$OUT/tests.log"
+  FFS_GPU_KERNEL_TEST=$ROOT/build-gpu/tests/cpp/test_gpu_kernels FFS_GPU_FORWARD_TEST=$ROOT/build-gpu/tests/cpp/test_gpu_forward \
+    timeout 480 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15 || rc=1
+  return $rc
+}
+
+bench() {
+  env_setup
+  ./build-gpu/benchmarks/gpu/bench_gpu_forward --json "$OUT/bench_gpu_forward.json" 2>&1 | tee "$OUT/bench_gpu_forward.log"
+  timeout 420 python3 benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" --workdir /tmp 2>&1 | tee "$OUT/bench_gpu.log" | tail -12
+}
+
+case "$stage" in
+  prepare) prepare ;;
+  build) build ;;
+  test) run_tests ;;
+  bench) bench ;;
+  all) build && run_tests; bench ;;
+  *) echo "usage: $0 prepare|build|test|bench|all" >&2; exit 2 ;;
+esac
