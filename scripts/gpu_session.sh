@@ -2,13 +2,17 @@
 # The issue-5 checks on a lent GPU machine (no network; see docs/gpu_kernels.md), in as few
 # device calls as possible. Prepare here, on the dev machine:
 #
-#   bash scripts/gpu_session.sh prepare     # fills .gpu_carry/ (git-ignored, < 64 MiB)
+#   bash scripts/gpu_session.sh prepare     # fills .gpu_carry/ (17 MiB) and the SmolLM2 GGUF
+#                                           # in two halves, .gpu_fixture_a/ and .gpu_fixture_b/
 #
-# then on the device, carrying .gpu_carry (each stage writes its log under $OUT):
+# then on the device (each stage writes its log under $OUT):
 #
-#   bash scripts/gpu_session.sh build       # cmake + ninja into build-gpu/ (~2 min on 16 cores)
-#   bash scripts/gpu_session.sh test        # kernel + forward programs, Legion GPU smoke, suites
-#   bash scripts/gpu_session.sh bench       # bench_gpu_forward, benchmarks/bench_gpu.py
+#   carry .gpu_carry .gpu_fixture_a:  bash scripts/gpu_session.sh build
+#       cmake + ninja into build-gpu/ (~2 min on 16 cores)
+#   carry .gpu_fixture_b:             bash scripts/gpu_session.sh fixture test
+#       SmolLM2 put back together; kernel + forward programs, Legion GPU smoke, suites on the GPU
+#   (no carry):                       bash scripts/gpu_session.sh bench
+#       bench_gpu_forward, benchmarks/bench_gpu.py
 #
 # build-gpu/ stays on the machine between calls while it is warm (it goes back after 30 s
 # idle), so run the stages back to back, or `all` in one call when the time limit allows.
@@ -18,17 +22,25 @@ ROOT=$(pwd)
 CARRY=$ROOT/.gpu_carry
 OUT=${OUT:-$ROOT/.gpu_out}
 mkdir -p "$OUT"
-stage=${1:-all}
 
 prepare() {
   set -e
-  grep -qx '/.gpu_carry/' .git/info/exclude 2>/dev/null || echo '/.gpu_carry/' >> .git/info/exclude
-  grep -qx '/build-gpu/' .git/info/exclude 2>/dev/null || echo '/build-gpu/' >> .git/info/exclude
+  local exclude
+  exclude="$(git rev-parse --git-dir)/info/exclude"
+  mkdir -p "$(dirname "$exclude")"
+  for p in /.gpu_carry/ /.gpu_fixture_a/ /.gpu_fixture_b/ /build-gpu/ /.gpu_out/; do
+    grep -qx "$p" "$exclude" 2>/dev/null || echo "$p" >> "$exclude"
+  done
   rm -rf "$CARRY" && mkdir -p "$CARRY/wheels"
   # The CUDA Legion install this checkout's patches give (built here once, reused).
   local prefix
   prefix=$(python3 cmake/legion_cache.py --cuda | tail -1)
   tar -C "$prefix" -cJf "$CARRY/legion.tar.xz" .
+  # cuBLAS headers (and nvml.h) as CMake found them here: the device cannot fetch them.
+  local extras
+  extras=$(dirname "$(dirname "$prefix")")/flexflow_spec/cuda-13.0-extras
+  [ -d "$extras/include" ] || extras=$HOME/.cache/flexflow_spec/cuda-13.0-extras
+  tar -C "$extras" -cJf "$CARRY/cuda-extras.tar.xz" include
   # What the device's Python (3.12, torch, scikit-build-core, no network) lacks: cffi, and
   # OpenBLAS (scipy-openblas32 ships the library, headers and CMake files).
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -36,6 +48,28 @@ prepare() {
     -d "$CARRY/wheels" cffi pycparser "scipy-openblas32==0.3.34.*" gguf
   du -sh "$CARRY"/* | sed 's/^/[gpu-session] /'
   echo "[gpu-session] carry .gpu_carry (total $(du -sm "$CARRY" | cut -f1) MiB)"
+  # SmolLM2 (94 MB) in two calls' worth, plus the cached transformers references.
+  local gguf
+  gguf=$(python3 -c "from flexflow_spec.fixtures import smollm2_gguf; print(smollm2_gguf())")
+  rm -rf .gpu_fixture_a .gpu_fixture_b && mkdir -p .gpu_fixture_a .gpu_fixture_b
+  # 44 MiB with .gpu_carry's 17 in the first call, the rest (~50 MiB) in the second.
+  head -c $((44 << 20)) "$gguf" > .gpu_fixture_a/part.00
+  tail -c +$(((44 << 20) + 1)) "$gguf" > .gpu_fixture_b/part.01
+  cp -r "$(dirname "$gguf")/hf_reference" .gpu_fixture_a/
+  echo "[gpu-session] .gpu_fixture_a $(du -sm .gpu_fixture_a | cut -f1) MiB, .gpu_fixture_b $(du -sm .gpu_fixture_b | cut -f1) MiB"
+}
+
+fixture() {
+  local dest
+  dest=$(python3 -c "import os; print(os.path.expanduser('~/.cache/flexflow_spec/fixtures'))")
+  mkdir -p "$dest"
+  if [ -f .gpu_fixture_a/part.00 ] && [ -f .gpu_fixture_b/part.01 ]; then
+    cat .gpu_fixture_a/part.00 .gpu_fixture_b/part.01 > "$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
+    cp -r .gpu_fixture_a/hf_reference "$dest/"
+    echo "[gpu-session] SmolLM2 GGUF: $(sha256sum "$dest/SmolLM2-135M-Instruct.Q4_1.gguf" | cut -c1-16)"
+  else
+    echo "[gpu-session] SmolLM2 halves missing: the suites that need it will skip"
+  fi
 }
 
 env_setup() {
@@ -54,6 +88,10 @@ env_setup() {
 build() {
   env_setup
   mkdir -p /tmp/legion && tar -C /tmp/legion -xJf "$CARRY/legion.tar.xz"
+  local cv
+  cv=$(nvcc --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
+  mkdir -p "$HOME/.cache/flexflow_spec/cuda-$cv-extras" &&
+    tar -C "$HOME/.cache/flexflow_spec/cuda-$cv-extras" -xJf "$CARRY/cuda-extras.tar.xz"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DLegion_ROOT=/tmp/legion -DFFS_BLAS=SCIPY \
     -DFFS_BUILD_TESTS=ON -DPython3_EXECUTABLE="$(command -v python3)" 2>&1 | tee "$OUT/configure.log" | grep -E "GPU|Legion|BLAS|Error"
@@ -98,11 +136,16 @@ bench() {
   timeout 420 python3 benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" --workdir /tmp 2>&1 | tee "$OUT/bench_gpu.log" | tail -12
 }
 
-case "$stage" in
-  prepare) prepare ;;
-  build) build ;;
-  test) run_tests ;;
-  bench) bench ;;
-  all) build && run_tests; bench ;;
-  *) echo "usage: $0 prepare|build|test|bench|all" >&2; exit 2 ;;
-esac
+rc=0
+for stage in "${@:-all}"; do
+  case "$stage" in
+    prepare) prepare || rc=1 ;;
+    build) build || rc=1 ;;
+    fixture) fixture || rc=1 ;;
+    test) run_tests || rc=1 ;;
+    bench) bench || rc=1 ;;
+    all) { build && fixture && run_tests; bench; } || rc=1 ;;
+    *) echo "usage: $0 prepare|build|fixture|test|bench|all ..." >&2; exit 2 ;;
+  esac
+done
+exit $rc

@@ -348,7 +348,7 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
 
 Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch &b) {
   bool logits = false;
-  size_t bytes = 64 + b.num_rows() * sizeof(int32_t);
+  size_t bytes = 96 + StepResult::kMaxError + b.num_rows() * sizeof(int32_t);
   for (const SampleSpec &s : b.samples) {
     logits = logits || s.want_logits;
     bytes += static_cast<size_t>(s.num_topk) * (sizeof(int32_t) + sizeof(float));
