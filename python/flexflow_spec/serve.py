@@ -201,8 +201,9 @@ class LLM:
 
     def stats(self) -> dict:
         """Step timing since compile: steps, and milliseconds spent computing inside the step
-        tasks, from launch to result (Legion's overhead is the difference), and in the driver
-        between steps."""
+        tasks (compute_ms), per step from its launch to its result (wall_ms; with the pipelined
+        driver, from the later of its launch and the previous step's end to its end), and in the
+        driver between steps. Legion's overhead is 1 - compute_ms / wall_ms."""
         st = ffi.new("ffs_model_stats_t *")
         check(lib.ffs_model_stats(self._handle, st))
         return {"steps": st.steps, "compute_ms": st.compute_us / 1e3, "wall_ms": st.wall_us / 1e3,

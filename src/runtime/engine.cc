@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -51,6 +52,7 @@ enum TaskIDs {
   STEP_GPU_TASK_ID = 7104,
   STEP_LOGITS_GPU_TASK_ID = 7105,
   LOAD_WEIGHTS_GPU_TASK_ID = 7106,
+  PREPARE_TASK_ID = 7107,
 };
 enum FieldIDs { FID_DATA = 101 };
 constexpr size_t kBoundedResult = 64 << 10;  // bytes
@@ -115,12 +117,26 @@ void wake() {
   st().cv.notify_all();
 }
 
+double now_us() {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// A step's batch: its task argument, or (pipelined launches) the value of its first future,
+// made by the prepare task that ran after the previous step.
+StepBatch batch_of(const Task *task) {
+  if (task->arglen > 0) return StepBatch::deserialize(task->args, task->arglen);
+  FFS_CHECK(!task->futures.empty(), FFS_ERR_INTERNAL, "a step task without a batch");
+  const BatchBlob blob = task->futures[0].get_result<BatchBlob>();
+  return StepBatch::deserialize(blob.bytes.data(), blob.bytes.size());
+}
+
 // ---- the step task -----------------------------------------------------------------------
 
 StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions) {
   use_all_process_cpus();
   const auto t0 = std::chrono::steady_clock::now();
-  StepBatch b = StepBatch::deserialize(task->args, task->arglen);
+  const double start = now_us();
+  StepBatch b = batch_of(task);
   ModelHandle *m = lookup(b.model_id);
   FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
   const FieldAccessor<LEGION_READ_ONLY, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> w(regions[0], FID_DATA);
@@ -134,6 +150,8 @@ StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions
   StepResult r;
   result_from_logits(logits.data(), V, b, &r);
   r.compute_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  r.start_us = start;
+  r.end_us = now_us();
   r.ok = 1;
   return r;
 }
@@ -174,6 +192,57 @@ int32_t load_weights_task(const Task *task, const std::vector<PhysicalRegion> &r
   return 1;
 }
 
+// The pipelined driver's prepare task (plain request managers): applies the previous step's
+// result (futures[0]: its batch, futures[1]: its StepResult; absent for a chain's first) and
+// schedules the next batch, which the step task launched behind it reads as its future. It
+// runs as soon as that step finishes, while the next step is already launched and mapped.
+BatchBlob prepare_task(const Task *task, const std::vector<PhysicalRegion> &, Context, Runtime *) {
+  int id;
+  std::memcpy(&id, task->args, sizeof(id));
+  BatchBlob out;
+  ModelHandle *m = lookup(id);
+  StepBatch next;
+  next.model_id = id;
+  if (!m || !m->manager) {  // freed meanwhile: an empty batch
+    out.bytes = next.serialize();
+    return out;
+  }
+  StepBatch prev;
+  bool applied = false;
+  try {
+    if (task->futures.size() == 2) {
+      const BatchBlob pb = task->futures[0].get_result<BatchBlob>();
+      prev = StepBatch::deserialize(pb.bytes.data(), pb.bytes.size());
+      if (prev.num_tokens() > 0) {
+        const StepResult r = task->futures[1].get_result<StepResult>();
+        if (!r.ok)
+          m->manager->fail_steps({prev}, "the step failed: " + (r.error.empty() ? std::string("see the log") : r.error));
+        else if (r.tokens.size() != prev.num_rows())
+          m->manager->fail_steps({prev}, "the step returned " + std::to_string(r.tokens.size()) + " tokens for " +
+                                             std::to_string(prev.num_rows()) + " rows");
+        else
+          m->manager->update({prev}, {r});
+      }
+    }
+    applied = true;
+    std::vector<StepBatch> steps = m->manager->next_steps();
+    if (!steps.empty()) next = std::move(steps.front());
+    next.model_id = id;
+  } catch (const std::exception &e) {
+    FFS_LOG(::ffspec::log::Level::Error, "step", "preparing a step failed: " << e.what());
+    // Nothing is lost silently: the requests of the step it could not apply fail, or, if
+    // scheduling itself failed, every request of the model (it would fail again each step).
+    if (!applied && prev.num_tokens() > 0)
+      m->manager->fail_steps({prev}, e.what());
+    else
+      m->manager->fail_all(std::string("scheduling failed: ") + e.what());
+    next = StepBatch();
+    next.model_id = id;
+  }
+  out.bytes = next.serialize();
+  return out;
+}
+
 #ifdef FFS_GPU_TASKS
 // The device address of a 1-D instance of FID_DATA with esize-byte elements.
 template <PrivilegeMode PM>
@@ -202,12 +271,16 @@ void *task_stream() {
 
 StepResult gpu_step_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
   try {
-    StepBatch b = StepBatch::deserialize(task->args, task->arglen);
+    const double start = now_us();
+    StepBatch b = batch_of(task);
     ModelHandle *m = lookup(b.model_id);
     FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
     const size_t es = engine_gpu::storage_bytes(m->data_type);
-    return engine_gpu::step(m, task_device(task), b, instance_base<LEGION_READ_ONLY>(regions[0], es),
-                            instance_base<LEGION_READ_WRITE>(regions[1], es), task_stream());
+    StepResult r = engine_gpu::step(m, task_device(task), b, instance_base<LEGION_READ_ONLY>(regions[0], es),
+                                    instance_base<LEGION_READ_WRITE>(regions[1], es), task_stream());
+    r.start_us = start;
+    r.end_us = now_us();
+    return r;
   } catch (const std::exception &e) {
     FFS_LOG(::ffspec::log::Level::Error, "step", "GPU step failed: " << e.what());
     StepResult r;
@@ -365,6 +438,119 @@ Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch
   return rt->execute_task(ctx, tl);
 }
 
+// ---- the pipelined driver (plain request managers) --------------------------------------
+// Per model, the chain prepare(N) -> step(N) -> prepare(N+1) -> step(N+1) -> ..., each link
+// waiting on the previous one through futures. The driver launches up to kPipelineDepth
+// steps ahead, so Legion has analysed and mapped step N+1 while step N runs, and the only
+// work between two steps is the prepare task: apply N's tokens, schedule N+1. (Speculative
+// LLMs keep the synchronous loop below: which models the next step runs is only known after
+// the current one.)
+struct Pipe {
+  struct Flight {
+    Future batch, result;
+    double launched_us;
+  };
+  std::deque<Flight> flights;  // steps launched whose results the driver has not read (oldest first)
+  bool have_next = false;      // a prepare whose batch no step has taken yet
+  Future next_batch;
+  bool have_last = false;      // the newest step: the next prepare's inputs
+  Future last_batch, last_result;
+  double prev_end_us = 0;      // end of the step read last
+};
+constexpr size_t kPipelineDepth = 2;
+std::map<int, Pipe> g_pipes;  // driver thread only
+// Whether plain request managers use the chain. Measured on the 2-core CPU machine it does
+// not pay (the prepare task and Legion's analysis of the next step compete with the step's
+// own threads: 0.6-1.0 ms between steps against 0.4-0.5 synchronous), so it is the default
+// only with GPUs, where the step runs on the device and the host cores are free.
+// FFS_STEP_PIPELINE=1 / 0 forces it on or off.
+bool g_pipeline = false;
+
+void launch_prepare(Context ctx, Runtime *rt, ModelHandle *m, Pipe &pp) {
+  TaskLauncher tl(PREPARE_TASK_ID, UntypedBuffer(&m->id, sizeof(m->id)));
+  if (pp.have_last) {
+    tl.add_future(pp.last_batch);
+    tl.add_future(pp.last_result);
+  }
+  pp.next_batch = rt->execute_task(ctx, tl);
+  pp.have_next = true;
+  pp.have_last = false;  // applying that step is now this prepare's job
+}
+
+// A step whose batch is a future: the unbounded-result variant, since the batch (and so
+// whether a row wants logits) is not known at launch.
+Future launch_step_from(Context ctx, Runtime *rt, const Placement &p, const Future &batch) {
+  TaskLauncher tl(p.gpu ? STEP_LOGITS_GPU_TASK_ID : STEP_LOGITS_TASK_ID, UntypedBuffer());
+  tl.add_future(batch);
+  tl.add_region_requirement(RegionRequirement(p.weights, LEGION_READ_ONLY, LEGION_EXCLUSIVE, p.weights));
+  tl.add_field(0, FID_DATA);
+  tl.add_region_requirement(RegionRequirement(p.kv, LEGION_READ_WRITE, LEGION_EXCLUSIVE, p.kv));
+  tl.add_field(1, FID_DATA);
+  return rt->execute_task(ctx, tl);
+}
+
+bool batch_is_empty(const Future &f) {
+  const BatchBlob b = f.get_result<BatchBlob>();
+  return StepBatch::deserialize(b.bytes.data(), b.bytes.size()).num_tokens() == 0;
+}
+
+// Launches what model m's chain can take now; returns the driver time it spent (us).
+double pump(Context ctx, Runtime *rt, ModelHandle *m, const Placement &p) {
+  const double t0 = now_us();
+  Pipe &pp = g_pipes[m->id];
+  bool work = m->manager->has_work();
+  if (pp.have_next && pp.flights.empty() && !work) {
+    // Idle: the pending prepare (quick) came back empty and is dropped, so that a later
+    // request starts a fresh chain; or it took a request that arrived meanwhile.
+    if (batch_is_empty(pp.next_batch))
+      pp.have_next = false;
+    else
+      work = true;
+  }
+  if (!pp.have_next && work) launch_prepare(ctx, rt, m, pp);
+  while (pp.have_next && work && pp.flights.size() < kPipelineDepth) {
+    const Future r = launch_step_from(ctx, rt, p, pp.next_batch);
+    pp.flights.push_back({pp.next_batch, r, now_us()});
+    pp.last_batch = pp.next_batch;
+    pp.last_result = r;
+    pp.have_last = true;
+    pp.have_next = false;
+    launch_prepare(ctx, rt, m, pp);
+  }
+  return now_us() - t0;
+}
+
+// Reads model m's oldest step result (waiting for it) and records its timing.
+void drain_one(ModelHandle *m, double driver_us) {
+  Pipe &pp = g_pipes[m->id];
+  if (pp.flights.empty()) return;
+  const Pipe::Flight f = pp.flights.front();
+  pp.flights.pop_front();
+  const StepResult r = f.result.get_result<StepResult>();
+  const double t_read = now_us();
+  if (!r.ok || batch_is_empty(f.batch)) return;  // failures are applied (and logged) by the prepare
+  std::lock_guard<std::mutex> lock(st().mu);
+  ModelHandle::Stats &sx = m->stats;
+  sx.steps++;
+  sx.compute_us += r.compute_us;
+  // Launch (or the previous step's end, if later) to this step's end: the step plus the gap
+  // Legion left before it.
+  sx.wall_us += r.end_us - std::max(pp.prev_end_us, f.launched_us);
+  sx.driver_us += driver_us + (now_us() - t_read);
+  pp.prev_end_us = r.end_us;
+  FFS_DEBUG("step", "model " << m->id << " compute_us " << r.compute_us << " gap_us "
+                             << r.start_us - std::max(pp.prev_end_us, f.launched_us));
+}
+
+// Waits for everything model id's chain has launched and forgets it (the model is freed).
+void drain_pipe(int id) {
+  auto it = g_pipes.find(id);
+  if (it == g_pipes.end()) return;
+  for (const Pipe::Flight &f : it->second.flights) f.result.get_void_result();
+  if (it->second.have_next) it->second.next_batch.get_void_result();
+  g_pipes.erase(it);
+}
+
 void driver_main(std::promise<void> ready) {
   Runtime *rt = Runtime::get_runtime();
   Context ctx = rt->begin_implicit_task(TOP_LEVEL_TASK_ID, 0, Processor::LOC_PROC, "ffs_driver", true);
@@ -385,6 +571,8 @@ void driver_main(std::promise<void> ready) {
     st().num_gpus = static_cast<int>(pq.count());
 #endif
     st().fb_capacity = fb;
+    const char *pipe_env = std::getenv("FFS_STEP_PIPELINE");
+    g_pipeline = pipe_env && *pipe_env ? std::string(pipe_env) != "0" : st().num_gpus > 0;
   }
   ready.set_value();
   for (;;) {
@@ -405,8 +593,24 @@ void driver_main(std::promise<void> ready) {
           models.push_back(kv.second);
     }
     for (auto &job : jobs) job(ctx, rt);
-    // Each manager's next step: one batch per model in it (an LLM, or its SSMs drafting).
-    // Everything launched here runs concurrently on Legion's CPU processors.
+    // Plain request managers: their chains of prepare and step tasks, kept launched ahead.
+    std::vector<std::pair<ModelHandle *, double>> pumped;
+    for (auto it = models.begin(); it != models.end();) {
+      ModelHandle *m = *it;
+      if (m->speculative || !g_pipeline) {
+        ++it;
+        continue;
+      }
+      Placement p;
+      {
+        std::lock_guard<std::mutex> lock(st().mu);
+        p = st().placements.at(m->id);
+      }
+      pumped.emplace_back(m, pump(ctx, rt, m, p));
+      it = models.erase(it);
+    }
+    // Speculative LLMs: each manager's next step, one batch per model in it (the LLM, or its
+    // SSMs drafting). Everything launched here runs concurrently on Legion's processors.
     struct InFlight {
       ModelHandle *m;
       std::vector<StepBatch> batches;
@@ -470,7 +674,12 @@ void driver_main(std::promise<void> ready) {
         fl.m->manager->fail_steps(fl.batches, e.what());
       }
     }
-    if (flights.empty()) {
+    bool chains_busy = false;
+    for (auto &[m, driver_us] : pumped) {
+      drain_one(m, driver_us);
+      chains_busy = chains_busy || !g_pipes[m->id].flights.empty();
+    }
+    if (flights.empty() && !chains_busy) {
       std::unique_lock<std::mutex> lock(st().mu);
       st().cv.wait_for(lock, std::chrono::milliseconds(50), [] {
         if (st().stop || !st().jobs.empty()) return true;
@@ -480,6 +689,8 @@ void driver_main(std::promise<void> ready) {
       });
     }
   }
+  // The chains' futures must go before the runtime does (their destructors call into it).
+  while (!g_pipes.empty()) drain_pipe(g_pipes.begin()->first);
   rt->finish_implicit_task(ctx);
 }
 
@@ -533,6 +744,11 @@ void start(const std::vector<std::string> &args) {
     reg3.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
     reg3.set_leaf();
     Runtime::preregister_task_variant<int32_t, load_weights_task>(reg3, "ffs_load_weights");
+    CodeDescriptor pdesc(LegionTaskWrapper::legion_task_wrapper<BatchBlob, prepare_task>);
+    TaskVariantRegistrar reg4(PREPARE_TASK_ID, "ffs_prepare");
+    reg4.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
+    reg4.set_leaf();
+    Runtime::preregister_task_variant(reg4, pdesc, nullptr, 0, "ffs_prepare", LEGION_AUTO_GENERATE_ID, 0, false);
 #ifdef FFS_GPU_TASKS
     CodeDescriptor gdesc(LegionTaskWrapper::legion_task_wrapper<StepResult, gpu_step_task>);
     TaskVariantRegistrar g1(STEP_GPU_TASK_ID, "ffs_step_gpu");
@@ -621,6 +837,7 @@ void unregister_model(int id) {
   }
   if (placed && started()) {
     run_on_driver([id](Context ctx, Runtime *rt) {
+      drain_pipe(id);  // nothing of its chain may still run when the handle goes
       Placement p;
       {
         std::lock_guard<std::mutex> lock(st().mu);

@@ -82,7 +82,7 @@ StepBatch StepBatch::deserialize(const void *data, size_t size) {
 }
 
 size_t StepResult::legion_buffer_size() const {
-  return 5 * sizeof(uint64_t) + sizeof(double) + sizeof(int32_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
+  return 5 * sizeof(uint64_t) + 3 * sizeof(double) + sizeof(int32_t) + tokens.size() * sizeof(int32_t) + logits.size() * sizeof(float) +
          topk_tokens.size() * sizeof(int32_t) + topk_probs.size() * sizeof(float) + std::min(error.size(), kMaxError);
 }
 
@@ -94,6 +94,8 @@ void StepResult::legion_serialize(void *buffer) const {
   w.vec(topk_tokens);
   w.vec(topk_probs);
   w.pod(compute_us);
+  w.pod(start_us);
+  w.pod(end_us);
   w.pod(ok);
   w.vec(std::vector<char>(error.begin(), error.begin() + std::min(error.size(), kMaxError)));
   std::memcpy(buffer, out.data(), out.size());
@@ -108,9 +110,26 @@ void StepResult::legion_deserialize(const void *buffer) {
   topk_tokens = r.vec<int32_t>();
   topk_probs = r.vec<float>();
   compute_us = r.pod<double>();
+  start_us = r.pod<double>();
+  end_us = r.pod<double>();
   ok = r.pod<int32_t>();
   const std::vector<char> e = r.vec<char>();
   error.assign(e.begin(), e.end());
+}
+
+size_t BatchBlob::legion_buffer_size() const { return sizeof(uint64_t) + bytes.size(); }
+
+void BatchBlob::legion_serialize(void *buffer) const {
+  const uint64_t n = bytes.size();
+  std::memcpy(buffer, &n, sizeof(n));
+  if (n) std::memcpy(static_cast<uint8_t *>(buffer) + sizeof(n), bytes.data(), n);
+}
+
+void BatchBlob::legion_deserialize(const void *buffer) {
+  uint64_t n;
+  std::memcpy(&n, buffer, sizeof(n));
+  const uint8_t *p = static_cast<const uint8_t *>(buffer) + sizeof(n);
+  bytes.assign(p, p + n);
 }
 
 }  // namespace ffspec

@@ -48,12 +48,23 @@ struct StepBatch {
   static StepBatch deserialize(const void *data, size_t size);
 };
 
+// A step's batch travelling as a future's value (the pipelined driver: a prepare task
+// produces it, the step task launched before it ran consumes it).
+struct BatchBlob {
+  std::vector<uint8_t> bytes;  // StepBatch::serialize()
+
+  size_t legion_buffer_size() const;
+  void legion_serialize(void *buffer) const;
+  void legion_deserialize(const void *buffer);
+};
+
 struct StepResult {
   std::vector<int32_t> tokens;  // [R] drawn tokens
   std::vector<float> logits;    // [rows with want_logits, vocab], in row order
   std::vector<int32_t> topk_tokens;  // concatenated num_topk entries of each row asking for them
   std::vector<float> topk_probs;     // softmax probabilities (after the row's temperature) of those
   double compute_us = 0;             // time the step task spent computing
+  double start_us = 0, end_us = 0;   // when it started and ended (steady clock, microseconds)
   int32_t ok = 0;                    // set only by a step that completed
   std::string error;                 // why a step failed (ok == 0), at most kMaxError bytes
   static constexpr size_t kMaxError = 1024;
