@@ -729,40 +729,29 @@ void start(const std::vector<std::string> &args) {
     st().started = true;
   }
   {
-    CodeDescriptor desc(LegionTaskWrapper::legion_task_wrapper<StepResult, step_task>);
+    // Every task is a leaf with one processor kind. bound: the largest result (0: unbounded,
+    // a future that costs Legion more).
+    auto leaf = [](TaskID id, const char *name, Processor::Kind kind, const CodeDescriptor &desc, size_t bound) {
+      TaskVariantRegistrar reg(id, name);
+      reg.add_constraint(ProcessorConstraint(kind));
+      reg.set_leaf();
+      Runtime::preregister_task_variant(reg, desc, nullptr, 0, name, LEGION_AUTO_GENERATE_ID, bound, bound > 0);
+    };
+    using W = LegionTaskWrapper;
+    const CodeDescriptor step(W::legion_task_wrapper<StepResult, step_task>);
     // drawn tokens and small top-k lists; larger results use the unbounded variant
-    const size_t tokens_only = kBoundedResult;
-    TaskVariantRegistrar reg(STEP_TASK_ID, "ffs_step");
-    reg.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
-    reg.set_leaf();
-    Runtime::preregister_task_variant(reg, desc, nullptr, 0, "ffs_step", LEGION_AUTO_GENERATE_ID, tokens_only, true);
-    TaskVariantRegistrar reg2(STEP_LOGITS_TASK_ID, "ffs_step_logits");
-    reg2.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
-    reg2.set_leaf();
-    Runtime::preregister_task_variant(reg2, desc, nullptr, 0, "ffs_step_logits", LEGION_AUTO_GENERATE_ID, 0, false);
-    TaskVariantRegistrar reg3(LOAD_WEIGHTS_TASK_ID, "ffs_load_weights");
-    reg3.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
-    reg3.set_leaf();
-    Runtime::preregister_task_variant<int32_t, load_weights_task>(reg3, "ffs_load_weights");
-    CodeDescriptor pdesc(LegionTaskWrapper::legion_task_wrapper<BatchBlob, prepare_task>);
-    TaskVariantRegistrar reg4(PREPARE_TASK_ID, "ffs_prepare");
-    reg4.add_constraint(ProcessorConstraint(Processor::LOC_PROC));
-    reg4.set_leaf();
-    Runtime::preregister_task_variant(reg4, pdesc, nullptr, 0, "ffs_prepare", LEGION_AUTO_GENERATE_ID, 0, false);
+    leaf(STEP_TASK_ID, "ffs_step", Processor::LOC_PROC, step, kBoundedResult);
+    leaf(STEP_LOGITS_TASK_ID, "ffs_step_logits", Processor::LOC_PROC, step, 0);
+    leaf(LOAD_WEIGHTS_TASK_ID, "ffs_load_weights", Processor::LOC_PROC,
+         CodeDescriptor(W::legion_task_wrapper<int32_t, load_weights_task>), sizeof(int32_t));
+    leaf(PREPARE_TASK_ID, "ffs_prepare", Processor::LOC_PROC,
+         CodeDescriptor(W::legion_task_wrapper<BatchBlob, prepare_task>), 0);
 #ifdef FFS_GPU_TASKS
-    CodeDescriptor gdesc(LegionTaskWrapper::legion_task_wrapper<StepResult, gpu_step_task>);
-    TaskVariantRegistrar g1(STEP_GPU_TASK_ID, "ffs_step_gpu");
-    g1.add_constraint(ProcessorConstraint(Processor::TOC_PROC));
-    g1.set_leaf();
-    Runtime::preregister_task_variant(g1, gdesc, nullptr, 0, "ffs_step_gpu", LEGION_AUTO_GENERATE_ID, tokens_only, true);
-    TaskVariantRegistrar g2(STEP_LOGITS_GPU_TASK_ID, "ffs_step_logits_gpu");
-    g2.add_constraint(ProcessorConstraint(Processor::TOC_PROC));
-    g2.set_leaf();
-    Runtime::preregister_task_variant(g2, gdesc, nullptr, 0, "ffs_step_logits_gpu", LEGION_AUTO_GENERATE_ID, 0, false);
-    TaskVariantRegistrar g3(LOAD_WEIGHTS_GPU_TASK_ID, "ffs_load_weights_gpu");
-    g3.add_constraint(ProcessorConstraint(Processor::TOC_PROC));
-    g3.set_leaf();
-    Runtime::preregister_task_variant<int32_t, gpu_load_weights_task>(g3, "ffs_load_weights_gpu");
+    const CodeDescriptor gpu_step(W::legion_task_wrapper<StepResult, gpu_step_task>);
+    leaf(STEP_GPU_TASK_ID, "ffs_step_gpu", Processor::TOC_PROC, gpu_step, kBoundedResult);
+    leaf(STEP_LOGITS_GPU_TASK_ID, "ffs_step_logits_gpu", Processor::TOC_PROC, gpu_step, 0);
+    leaf(LOAD_WEIGHTS_GPU_TASK_ID, "ffs_load_weights_gpu", Processor::TOC_PROC,
+         CodeDescriptor(W::legion_task_wrapper<int32_t, gpu_load_weights_task>), sizeof(int32_t));
 #endif
   }
   g_have_process_cpus = sched_getaffinity(0, sizeof(g_process_cpus), &g_process_cpus) == 0;
