@@ -172,7 +172,8 @@ void print_help(Mode mode) {
       "  -ll:cpu N        CPU processors (default 4)\n"
       "  -ll:util N       utility processors (default 1)\n"
       "  -ll:csize MiB    system memory (default min(4096, RAM/2))\n"
-      "  -ll:gpu N, -ll:fsize MiB, -ll:zsize MiB   GPUs and their memory (this build runs on CPU: -ll:gpu 0)\n"
+      "  -ll:gpu 1, -ll:fsize MiB, -ll:zsize MiB   models on the GPU and its memory pool (default -ll:gpu 0;\n"
+      "                   -ll:fsize defaults to free memory less max(2 GiB, 1/12 of the device))\n"
       "  -lg:prof N, -level ...   profiling and logging\n"
       "\nThe output file gets, per request: [Profile] guid(N) llm_decoding_steps(K) latency(us) ttft(us),\n"
       "then 'token IDs: ' (prompt and generated ids), then the prompt and generated text.\n");
@@ -251,9 +252,17 @@ bool parse(int argc, char **argv, Mode mode, Options &o) {
     if (!(o.topp > 0 && o.topp <= 1)) throw UsageError("--topp must be in (0, 1]");
     if (o.topk < 0) throw UsageError("--topk must be >= 0");
   }
-  for (size_t i = 0; i < o.legion.size(); i++)
-    if (o.legion[i] == "-ll:gpu" && i + 1 < o.legion.size() && std::atoi(o.legion[i + 1].c_str()) > 0)
-      throw UsageError("-ll:gpu " + o.legion[i + 1] + ": this build has no GPU backend; run on CPU (-ll:cpu N)");
+  for (size_t i = 0; i < o.legion.size(); i++) {
+    if (o.legion[i] != "-ll:gpu" || i + 1 >= o.legion.size()) continue;
+    const int n = std::atoi(o.legion[i + 1].c_str());
+    if (n <= 0) continue;
+    if (n > 1) throw UsageError("-ll:gpu " + o.legion[i + 1] + ": one GPU per process for now (-ll:gpu 1)");
+    // Refused here with the reason, rather than by Realm once it starts.
+    ffs_gpu_info_t info;
+    if (ffs_gpu_probe(&info) != FFS_OK) throw RunError(std::string("-ll:gpu 1: ") + ffs_last_error());
+    if (!info.built || info.devices < 1)
+      throw UsageError("-ll:gpu 1: " + std::string(info.why[0] ? info.why : "no usable GPU"));
+  }
   return true;
 }
 
@@ -305,6 +314,16 @@ std::vector<std::string> legion_args(const Options &o) {
   if (!given("-ll:util")) a.insert(a.end(), {"-ll:util", "1"});
   if (!given("-ll:csize")) a.insert(a.end(), {"-ll:csize", std::to_string(default_csize_mib())});
   if (!given("-level")) a.insert(a.end(), {"-level", "threads=5"});
+  // With a GPU and no -ll:fsize: the framebuffer pool ff.init(num_gpus=1) would take (free
+  // memory less max(2 GiB, 1/12 of the device) for the context, cuBLAS and step scratch).
+  bool gpu = false;
+  for (size_t i = 0; i + 1 < o.legion.size(); i++) gpu = gpu || (o.legion[i] == "-ll:gpu" && std::atoi(o.legion[i + 1].c_str()) > 0);
+  ffs_gpu_info_t info;
+  if (gpu && !given("-ll:fsize") && ffs_gpu_probe(&info) == FFS_OK && info.devices > 0) {
+    const size_t free_mib = info.free_bytes >> 20, total_mib = info.total_bytes >> 20;
+    const size_t reserve = std::max<size_t>(2048, total_mib / 12);
+    if (free_mib > reserve + 256) a.insert(a.end(), {"-ll:fsize", std::to_string(free_mib - reserve)});
+  }
   a.insert(a.end(), o.legion.begin(), o.legion.end());
   return a;
 }

@@ -169,16 +169,15 @@ StepResult step_task(const Task *task, const std::vector<PhysicalRegion> &region
   }
 }
 
-int32_t load_weights_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
-  use_all_process_cpus();
+// A weight-loading task's frame: finds the model named by the argument, runs fill, and
+// records a failure for do_compile (exceptions must not cross into Legion): 0 or 1.
+int32_t run_load(const Task *task, const std::function<void(ModelHandle *)> &fill) {
   int id;
   std::memcpy(&id, task->args, sizeof(id));
   try {
     ModelHandle *m = lookup(id);
     FFS_CHECK(m && m->checkpoint, FFS_ERR_INTERNAL, "load for an unknown model");
-    const FieldAccessor<LEGION_WRITE_DISCARD, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> acc(
-        regions[0], FID_DATA);
-    load_weights(*m->checkpoint, m->config, m->layout, m->data_type, acc.ptr(Point<1>(0)));
+    fill(m);
     return 0;
   } catch (const Error &e) {
     std::lock_guard<std::mutex> lock(st().mu);
@@ -190,6 +189,15 @@ int32_t load_weights_task(const Task *task, const std::vector<PhysicalRegion> &r
     st().load_error = e.what();
   }
   return 1;
+}
+
+int32_t load_weights_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
+  use_all_process_cpus();
+  return run_load(task, [&](ModelHandle *m) {
+    const FieldAccessor<LEGION_WRITE_DISCARD, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> acc(
+        regions[0], FID_DATA);
+    load_weights(*m->checkpoint, m->config, m->layout, m->data_type, acc.ptr(Point<1>(0)));
+  });
 }
 
 // The pipelined driver's prepare task (plain request managers): applies the previous step's
@@ -290,25 +298,11 @@ StepResult gpu_step_task(const Task *task, const std::vector<PhysicalRegion> &re
 }
 
 int32_t gpu_load_weights_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
-  int id;
-  std::memcpy(&id, task->args, sizeof(id));
-  try {
-    ModelHandle *m = lookup(id);
-    FFS_CHECK(m && m->checkpoint, FFS_ERR_INTERNAL, "load for an unknown model");
+  return run_load(task, [&](ModelHandle *m) {
     engine_gpu::load_weights(m, task_device(task),
                              instance_base<LEGION_WRITE_DISCARD>(regions[0], engine_gpu::storage_bytes(m->data_type)),
                              task_stream());
-    return 0;
-  } catch (const Error &e) {
-    std::lock_guard<std::mutex> lock(st().mu);
-    st().load_status = e.status();
-    st().load_error = e.what();
-  } catch (const std::exception &e) {
-    std::lock_guard<std::mutex> lock(st().mu);
-    st().load_status = FFS_ERR_INTERNAL;
-    st().load_error = e.what();
-  }
-  return 1;
+  });
 }
 #endif
 

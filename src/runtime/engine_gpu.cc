@@ -102,7 +102,7 @@ Probe probe() {
   if (e != gpuSuccess || n <= 0) {
     if (e == cudaErrorInsufficientDriver && !dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD) &&
         !dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL))
-      p.why = "no NVIDIA driver on this machine (libcuda.so.1 not found)";
+      p.why = "no NVIDIA GPU driver on this machine (libcuda.so.1 not found)";
     else if (e != gpuSuccess)
       p.why = std::string("the CUDA runtime found no usable GPU (") + gpuGetErrorString(e) + ")";
     else
