@@ -80,6 +80,8 @@ std::shared_ptr<Bound> bound_for(ModelHandle *m, int device, void *weights, void
   p.max_tokens = m->limits.max_tokens_per_batch;
   const char *graphs = std::getenv("FFS_CUDA_GRAPHS");  // "0": launch every kernel, no graphs
   p.cuda_graphs = !(graphs && std::string(graphs) == "0");
+  const char *split = std::getenv("FFS_ATTENTION_SPLIT");  // "0": one block per (tokens, KV head)
+  p.attention_splits = !(split && std::string(split) == "0");
   std::string error;
   auto b = std::make_shared<Bound>();
   b->llama = gpu::GpuLlama::create(p, &error);

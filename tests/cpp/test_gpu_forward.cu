@@ -97,7 +97,9 @@ struct Pair {
   const TinyModel &m;
   DType dt;
   std::string name;
-  int max_requests = 3, max_seq = 128;
+  // max_seq 512: decode steps here have few blocks, so attention splits the keys (up to 4
+  // ranges of 128 positions; most of them empty at these lengths).
+  int max_requests = 3, max_seq = 512;
   std::vector<float> cpu_kv;
   std::unique_ptr<gpu::GpuLlama> g;
 

@@ -267,6 +267,23 @@ void run_attention(DType dt, int n_heads, int n_kv, int hd, int max_seq, int n_s
                  tol(dt, 2e-5, 2e-4, 2e-3) * scale);
     if (hint == 1) break;
   }
+  // Split-KV: forced split counts (a split may get no key at all) and the automatic one,
+  // same bounds (only the fp32 summation order changes).
+  gpu::AttentionArgs a{dq.p, q_stride, dk.p, dv.p, max_seq, n_heads, n_kv, hd, dplen.as<int32_t>(),
+                       dslots.as<int32_t>(), b.tree ? dbase.as<int32_t>() : nullptr,
+                       b.tree ? dmask.as<uint64_t>() : nullptr, T, dout.p, dt, b.hint};
+  const int auto_splits = gpu::attention_auto_splits(a);
+  for (int splits : {2, 7, auto_splits}) {
+    if (splits < 2) continue;
+    a.kv_splits = splits;
+    DevBuf ws(gpu::attention_workspace_floats(a) * sizeof(float));
+    a.partial = static_cast<float *>(ws.p);
+    GPU_OK(gpu::attention(a, nullptr));
+    std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d kv_splits=%d%s", b.what.c_str(),
+                  dname(dt), n_heads, n_kv, hd, T, splits, splits == auto_splits ? " (auto)" : "");
+    expect_close(name, fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
+                 tol(dt, 2e-5, 2e-4, 2e-3) * scale);
+  }
 }
 
 // Tree verification: per request, `commit` tokens to commit (causal) then a random tree of

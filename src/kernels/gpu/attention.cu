@@ -13,6 +13,8 @@
 //   masked by the CPU kernel's visibility rule (prefix, or a set bit of the tree mask).
 //   Per K/V tile: one warp per row computes its kBkv scores (lane = key) and updates m, l;
 //   then each thread owns one output column d for kRows / (threads / D) rows, in registers.
+#include <algorithm>
+
 #include "kernels/gpu/dispatch.cuh"
 
 namespace ffspec::gpu {
@@ -21,6 +23,8 @@ namespace {
 
 constexpr int kRows = 32;             // query rows per block
 constexpr int kBkv = FFS_WARP_SIZE;   // keys per tile: one per lane in the score step
+constexpr int kMinSplitKeys = 128;    // split-KV: no range shorter than this (of max_seq)
+constexpr int kMaxSplits = 32;
 
 template <int D>
 struct AttnShape {
@@ -46,7 +50,7 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
                      const T *__restrict__ cache_v, int max_seq, int n_kv_heads, int group,
                      const int32_t *__restrict__ prefix_len, const int32_t *__restrict__ slots,
                      const int32_t *__restrict__ tree_base, const uint64_t *__restrict__ tree_mask, int T_, int bq,
-                     T *__restrict__ out, float scale) {
+                     T *__restrict__ out, float scale, int row_chunks, int kv_splits, float *__restrict__ partial) {
   using S = AttnShape<D>;
   extern __shared__ __align__(16) unsigned char smem[];
   uint64_t *s_mask = reinterpret_cast<uint64_t *>(smem);
@@ -61,7 +65,8 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
   const int tid = threadIdx.x, lane = tid % FFS_WARP_SIZE, warp = tid / FFS_WARP_SIZE;
   const int kvh = blockIdx.y;
   const int t0 = blockIdx.x * bq, t1 = min(T_, t0 + bq);
-  const int row0 = blockIdx.z * kRows;
+  const int row0 = (blockIdx.z % row_chunks) * kRows;
+  const int split = blockIdx.z / row_chunks;
   const int nrows = min(kRows, bq * group - row0);  // rows of this block (some may be past T)
   const int kv_dim = n_kv_heads * D;
 
@@ -102,12 +107,19 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
     }
     kv_end = min(kv_end, max_seq);
     const size_t cache_off = static_cast<size_t>(slot) * max_seq * kv_dim + static_cast<size_t>(kvh) * D;
+    // This block's keys: all of [0, kv_end), or its split's share (whole tiles).
+    int p_begin = 0, p_end = kv_end;
+    if (kv_splits > 1) {
+      const int span = (kv_end + kv_splits * kBkv - 1) / (kv_splits * kBkv) * kBkv;
+      p_begin = min(kv_end, split * span);
+      p_end = min(kv_end, p_begin + span);
+    }
 
-    for (int p0 = 0; p0 < kv_end; p0 += kBkv) {
+    for (int p0 = p_begin; p0 < p_end; p0 += kBkv) {
       __syncthreads();  // the previous tile's s_k / s_v / s_p are consumed
       for (int idx = tid; idx < kBkv * D; idx += S::threads) {
         const int j = idx / D, i = idx % D, p = p0 + j;
-        const bool in = p < kv_end;
+        const bool in = p < p_end;
         const size_t at = cache_off + static_cast<size_t>(in ? p : 0) * kv_dim + i;
         s_k[j * (D + 1) + i] = in ? to_f32(cache_k[at]) : 0.0f;
         s_v[j * D + i] = in ? to_f32(cache_v[at]) : 0.0f;
@@ -118,7 +130,7 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
         const int t = s_tok[r];
         const int p = p0 + lane;
         float s = -INFINITY;
-        if (t >= seg && t < seg_end && p < kv_end && visible(p, s_plen[r], s_base[r], s_mask[r])) {
+        if (t >= seg && t < seg_end && p < p_end && visible(p, s_plen[r], s_base[r], s_mask[r])) {
           const float *qr = s_q + r * D, *kr = s_k + lane * (D + 1);
           float acc = 0.0f;
 #pragma unroll 8
@@ -160,29 +172,98 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
     if (r < nrows && s_tok[r] >= 0) {
       const float l = s_l[r];
       const int n_heads = n_kv_heads * group;
-      out[(static_cast<size_t>(s_tok[r]) * n_heads + s_head[r]) * D + d] = from_f32<T>(l > 0.0f ? o[k] / l : 0.0f);
+      const size_t row = static_cast<size_t>(s_tok[r]) * n_heads + s_head[r];
+      if (kv_splits == 1) {
+        out[row * D + d] = from_f32<T>(l > 0.0f ? o[k] / l : 0.0f);
+      } else {
+        // [split][T * n_heads][D + 2]: o unnormalized, then m and l of the split's keys.
+        float *dst = partial + (static_cast<size_t>(split) * T_ * n_heads + row) * (D + 2);
+        dst[d] = o[k];
+        if (d == 0) {
+          dst[D] = s_m[r];
+          dst[D + 1] = l;
+        }
+      }
     }
   }
+}
+
+// Merges the splits of one output row: o = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+template <typename T, int D>
+__global__ void attention_combine_kernel(const float *__restrict__ partial, int splits, size_t rows,
+                                         T *__restrict__ out) {
+  const size_t row = blockIdx.x;
+  const int d = threadIdx.x;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; s++) M = fmaxf(M, partial[(s * rows + row) * (D + 2) + D]);
+  float L = 0.0f, acc = 0.0f;
+  if (M != -INFINITY) {
+    for (int s = 0; s < splits; s++) {
+      const float *ps = partial + (s * rows + row) * (D + 2);
+      if (ps[D] == -INFINITY) continue;  // a split with no visible key
+      const float w = expf(ps[D] - M);
+      L += ps[D + 1] * w;
+      acc += ps[d] * w;
+    }
+  }
+  out[row * D + d] = from_f32<T>(L > 0.0f ? acc / L : 0.0f);
+}
+
+// Blocks of the unsplit grid: (token tiles, KV heads, row chunks).
+struct AttnGrid {
+  int bq, row_chunks;
+  long long blocks;
+};
+AttnGrid attn_grid(const AttentionArgs &a) {
+  const int group = a.n_heads / a.n_kv_heads;
+  int bq = 1;
+  if (group < kRows) bq = max(1, min(a.tokens_per_slot_hint, kRows / group));
+  const int chunks = static_cast<int>(ceil_div(static_cast<long long>(bq) * group, kRows));
+  return {bq, chunks, static_cast<long long>(ceil_div(a.T, bq)) * a.n_kv_heads * chunks};
 }
 
 template <typename T, int D>
 gpuError_t launch_attention(const AttentionArgs &a, gpuStream_t stream) {
   using S = AttnShape<D>;
   const int group = a.n_heads / a.n_kv_heads;
-  int bq = 1;
-  if (group < kRows) bq = max(1, min(a.tokens_per_slot_hint, kRows / group));
-  const dim3 grid(ceil_div(a.T, bq), a.n_kv_heads, ceil_div(static_cast<long long>(bq) * group, kRows));
+  const AttnGrid g = attn_grid(a);
+  const int splits = a.partial ? max(1, a.kv_splits) : 1;
+  const dim3 grid(ceil_div(a.T, g.bq), a.n_kv_heads, g.row_chunks * splits);
   gpuError_t e = gpuFuncSetAttribute(reinterpret_cast<const void *>(&attention_kernel<T, D>),
                                      gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::bytes));
   if (e != gpuSuccess) return e;
   FFS_LAUNCH((attention_kernel<T, D>), grid, S::threads, S::bytes, stream, static_cast<const T *>(a.q), a.q_stride,
              static_cast<const T *>(a.cache_k), static_cast<const T *>(a.cache_v), a.max_seq, a.n_kv_heads, group,
-             a.prefix_len, a.slots, a.tree_base, a.tree_mask, a.T, bq, static_cast<T *>(a.out),
-             1.0f / sqrtf(static_cast<float>(D)));
+             a.prefix_len, a.slots, a.tree_base, a.tree_mask, a.T, g.bq, static_cast<T *>(a.out),
+             1.0f / sqrtf(static_cast<float>(D)), g.row_chunks, splits, a.partial);
+  if ((e = gpuGetLastError()) != gpuSuccess || splits == 1) return e;
+  const size_t rows = static_cast<size_t>(a.T) * a.n_heads;
+  FFS_LAUNCH((attention_combine_kernel<T, D>), static_cast<unsigned>(rows), D, 0, stream, a.partial, splits, rows,
+             static_cast<T *>(a.out));
   return gpuGetLastError();
 }
 
 }  // namespace
+
+int attention_auto_splits(const AttentionArgs &a) {
+  if (a.T <= 0 || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0) return 1;
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    if (gpuGetDevice(&dev) != gpuSuccess || gpuDeviceGetAttribute(&n, gpuDevAttrMultiProcessorCount, dev) != gpuSuccess)
+      n = 0;
+    gpuGetLastError();
+    return n > 0 ? n : 108;
+  }();
+  const long long blocks = attn_grid(a).blocks;
+  if (blocks >= sms || a.max_seq < 2 * kMinSplitKeys) return 1;
+  // About two blocks per multiprocessor, no range shorter than kMinSplitKeys of max_seq.
+  const long long want = (2LL * sms + blocks - 1) / blocks;
+  return static_cast<int>(std::max<long long>(1, std::min<long long>({want, a.max_seq / kMinSplitKeys, kMaxSplits})));
+}
+
+size_t attention_workspace_floats(const AttentionArgs &a) {
+  return a.kv_splits > 1 ? static_cast<size_t>(a.kv_splits) * a.T * a.n_heads * (a.head_dim + 2) : 0;
+}
 
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream) {
   if (a.T <= 0) return gpuSuccess;

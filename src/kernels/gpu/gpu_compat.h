@@ -41,6 +41,8 @@ using gpu_bf16 = __hip_bfloat16;
 #define gpuEventCreate hipEventCreate
 #define gpuSetDevice hipSetDevice
 #define gpuGetDevice hipGetDevice
+#define gpuDeviceGetAttribute hipDeviceGetAttribute
+#define gpuDevAttrMultiProcessorCount hipDeviceAttributeMultiprocessorCount
 #define gpuMemGetInfo hipMemGetInfo
 #define gpuGetDeviceProperties hipGetDeviceProperties
 #define gpuStreamBeginCapture hipStreamBeginCapture
@@ -97,6 +99,8 @@ using gpu_bf16 = __nv_bfloat16;
 #define gpuEventCreate cudaEventCreate
 #define gpuSetDevice cudaSetDevice
 #define gpuGetDevice cudaGetDevice
+#define gpuDeviceGetAttribute cudaDeviceGetAttribute
+#define gpuDevAttrMultiProcessorCount cudaDevAttrMultiProcessorCount
 #define gpuMemGetInfo cudaMemGetInfo
 #define gpuGetDeviceProperties cudaGetDeviceProperties
 #define gpuStreamBeginCapture cudaStreamBeginCapture

@@ -61,8 +61,20 @@ struct AttentionArgs {
   // tree size otherwise): tokens in one tile that share a slot share K/V tile loads.
   // Only a performance hint: any value gives the same result.
   int tokens_per_slot_hint;
+  // Split-KV (flash-decoding): each segment's keys are cut into kv_splits equal ranges (of
+  // its own kv_end, so the work stays balanced), scanned by separate blocks that write
+  // unnormalized fp32 partial outputs with their running max and sum to `partial`; a second
+  // kernel merges them. For steps with too few blocks to fill the device (decoding at small
+  // batch). 1: no split. Any value gives the same result up to fp32 summation order.
+  int kv_splits = 1;
+  float *partial = nullptr;  // attention_workspace_floats(a) floats when kv_splits > 1
 };
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream);
+// The kv_splits that fills the device for this shape (T, heads, tile hint, max_seq) and 1
+// when the unsplit blocks already do. It depends on the shape only, so a CUDA graph captured
+// with it stays valid whatever the context lengths.
+int attention_auto_splits(const AttentionArgs &a);
+size_t attention_workspace_floats(const AttentionArgs &a);  // for a.kv_splits
 
 // KV commit: for each move in order, cache[l][k|v][slot][dst] = cache[l][k|v][slot][src] for
 // every layer, exactly as the CPU forward applies StepBatch::commits (src == dst: no-op).

@@ -142,6 +142,8 @@ struct GpuLlama::Impl {
   int capacity = 0;   // tokens the activation buffer holds
   size_t off_res = 0, off_h = 0, off_h2 = 0, off_qkv = 0, off_attn = 0, off_gu = 0, off_act = 0;
   DeviceBuffer head;  // [R, H] gathered rows + [R, vocab] logits
+  DeviceBuffer attn_ws;  // split-KV partial outputs
+  bool attention_splits = true;
   std::vector<uint8_t> logits_host;  // dtype bits of the logits before conversion to fp32
   Blas *blas = nullptr;
   gpuStream_t own_stream = nullptr;  // created by create() when none was given
@@ -271,6 +273,7 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
   m.max_requests = p.max_requests;
   m.max_seq = p.max_seq;
   m.use_graphs = p.cuda_graphs;
+  m.attention_splits = p.attention_splits;
   gpuError_t e = gpuSuccess;
   if (p.stream) {
     m.stream = p.stream;
@@ -367,14 +370,28 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
 
   gpuError_t e;
   const size_t head_bytes = (static_cast<size_t>(R) * H * m.es + 255) / 256 * 256 + static_cast<size_t>(R) * V * m.es;
+  // Consecutive tokens sharing a slot (the chunk or tree size): attention's tile hint.
+  int hint = 1;
+  for (int i = 1, run = 1; i < T; i++) {
+    run = b.slots[i] == b.slots[i - 1] ? run + 1 : 1;
+    hint = std::max(hint, run);
+  }
+  // Attention's shape for every layer (the addresses are filled in per layer); split-KV when
+  // the step has too few blocks to fill the device.
+  AttentionArgs attn_shape{nullptr, QKV, nullptr, nullptr, m.max_seq, c.num_heads, c.num_kv_heads, c.head_dim,
+                           nullptr, nullptr, nullptr, nullptr, T, nullptr, m.dt, hint};
+  attn_shape.kv_splits = m.attention_splits && T > 0 ? attention_auto_splits(attn_shape) : 1;
   {
-    void *before[3] = {m.meta.p, m.act.p, m.head.p};
+    void *before[4] = {m.meta.p, m.act.p, m.head.p, m.attn_ws.p};
     const int capacity_before = m.capacity;  // the activation offsets follow the capacity
     if ((e = m.meta.reserve(meta_bytes)) != gpuSuccess || (e = m.reserve_tokens(T)) != gpuSuccess)
       return fail(gpu_message("scratch", e));
     if ((e = m.head.reserve(head_bytes)) != gpuSuccess) return fail(gpu_message("LM head scratch", e));
+    if ((e = m.attn_ws.reserve(attention_workspace_floats(attn_shape) * sizeof(float))) != gpuSuccess)
+      return fail(gpu_message("attention split-KV scratch", e));
     // A captured graph holds these addresses: one that moved makes every graph stale.
-    if (before[0] != m.meta.p || before[1] != m.act.p || before[2] != m.head.p || capacity_before != m.capacity)
+    if (before[0] != m.meta.p || before[1] != m.act.p || before[2] != m.head.p || before[3] != m.attn_ws.p ||
+        capacity_before != m.capacity)
       m.drop_graphs();
   }
   gpuStream_t s = m.stream;
@@ -387,12 +404,6 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
   const int32_t *d_plen = m.meta.at<int32_t>(o_plen);
   void *logits = static_cast<char *>(m.head.p) + (static_cast<size_t>(R) * H * m.es + 255) / 256 * 256;
   int32_t *d_out = m.meta.at<int32_t>(o_out);
-  // Consecutive tokens sharing a slot (the chunk or tree size): attention's tile hint.
-  int hint = 1;
-  for (int i = 1, run = 1; i < T; i++) {
-    run = b.slots[i] == b.slots[i - 1] ? run + 1 : 1;
-    hint = std::max(hint, run);
-  }
 
   auto check = [&](gpuError_t err, const char *what) {
     if (err != gpuSuccess && error) *error = gpu_message((std::string("GpuLlama::step: ") + what).c_str(), err);
@@ -433,9 +444,16 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
         return false;
       if (!check(kv_store(qkv, T, QKV, Q, KV, d_slot, d_cpos, ck, cv, m.max_seq, m.dt, st), "kv_store"))
         return false;
-      AttentionArgs aa{qkv, QKV, ck, cv, m.max_seq, c.num_heads, c.num_kv_heads, c.head_dim, d_plen, d_slot,
-                       tree ? m.meta.at<int32_t>(o_base) : nullptr, tree ? m.meta.at<uint64_t>(o_mask) : nullptr, T,
-                       attn, m.dt, hint};
+      AttentionArgs aa = attn_shape;
+      aa.q = qkv;
+      aa.cache_k = ck;
+      aa.cache_v = cv;
+      aa.prefix_len = d_plen;
+      aa.slots = d_slot;
+      aa.tree_base = tree ? m.meta.at<int32_t>(o_base) : nullptr;
+      aa.tree_mask = tree ? m.meta.at<uint64_t>(o_mask) : nullptr;
+      aa.out = attn;
+      aa.partial = aa.kv_splits > 1 ? m.attn_ws.at<float>(0) : nullptr;
       if (!check(attention(aa, st), "attention")) return false;
       if (!gemm(attn, L.wo, nullptr, h2, T, H, Q)) return false;
       if (!check(add_rms_norm(res, h2, m.w(L.ffn_norm), c.rms_norm_eps, h, T, H, m.dt, st), "ffn norm"))

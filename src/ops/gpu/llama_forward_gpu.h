@@ -35,6 +35,8 @@ struct GpuLlamaParams {
   // logit rows, tokens per slot, commits, tree or not, sampling or not); a shape's first step
   // is captured, later ones launch the graph: one launch instead of ~10 per layer.
   bool cuda_graphs = true;
+  // Split-KV attention for steps with too few blocks to fill the device (attention_auto_splits).
+  bool attention_splits = true;
 };
 
 // What step() hands back; any pointer may be null (that output is not produced).
