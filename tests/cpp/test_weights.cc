@@ -20,7 +20,7 @@ int main(int argc, char **argv) {
     std::printf("usage: test_weights CHECKPOINT...\n");
     return 2;
   }
-  for (int a = 1; a < argc; a++) {
+  for (int a = 1; a < argc; a++) try {
     const std::string path = argv[a];
     auto ck = Checkpoint::open(path);
     const LlamaConfig cfg = LlamaConfig::from_json(ck->config(), ck->generation_config(), path);
@@ -57,6 +57,9 @@ int main(int argc, char **argv) {
       EXPECT(nan == 0);
       EXPECT(same);
     }
+  } catch (const std::exception &e) {
+    std::printf("FAIL %s: %s\n", argv[a], e.what());
+    EXPECT(false);
   }
   return report();
 }
