@@ -272,10 +272,24 @@ def fetch_sdist(downloads: Path) -> Path:
     tarball = downloads / SDIST_FILE
     if not tarball.exists():
         log(f"downloading Legion source ({SDIST_NAME} sdist from PyPI)")
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "flexflow",
-             SDIST_NAME, "-d", str(downloads)],
-            check=True, stdout=sys.stderr)
+        try:
+            # The file itself, named by PyPI's JSON API: `pip download` of an sdist also runs
+            # its build backend for metadata (flexflow's needs a Rust toolchain set up).
+            import urllib.request
+            name, version = SDIST_NAME.split("==")
+            with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as r:
+                files = json.load(r)["urls"]
+            url = next(f["url"] for f in files if f["packagetype"] == "sdist" and f["filename"] == SDIST_FILE)
+            part = tarball.with_suffix(".partial")
+            with urllib.request.urlopen(url, timeout=300) as r, open(part, "wb") as out:
+                shutil.copyfileobj(r, out, 1 << 20)
+            part.replace(tarball)
+        except Exception as e:  # noqa: BLE001 - a mirror or proxy pip knows about may still work
+            log(f"direct download failed ({type(e).__name__}: {e}); trying pip download")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "flexflow",
+                 SDIST_NAME, "-d", str(downloads)],
+                check=True, stdout=sys.stderr)
     digest = sha256_of(tarball)
     if digest != SDIST_SHA256:
         tarball.unlink()
