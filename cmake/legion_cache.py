@@ -273,13 +273,15 @@ def fetch_sdist(downloads: Path) -> Path:
     if not tarball.exists():
         log(f"downloading Legion source ({SDIST_NAME} sdist from PyPI)")
         try:
-            # The file itself, named by PyPI's JSON API: `pip download` of an sdist also runs
-            # its build backend for metadata (flexflow's needs a Rust toolchain set up).
+            # The file itself, found in PyPI's simple index (PEP 691 JSON): `pip download` of an
+            # sdist also runs its build backend for metadata (flexflow's needs a Rust toolchain).
             import urllib.request
-            name, version = SDIST_NAME.split("==")
-            with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as r:
-                files = json.load(r)["urls"]
-            url = next(f["url"] for f in files if f["packagetype"] == "sdist" and f["filename"] == SDIST_FILE)
+            name = SDIST_NAME.split("==")[0]
+            req = urllib.request.Request(f"https://pypi.org/simple/{name}/",
+                                         headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                files = json.load(r)["files"]
+            url = next(f["url"] for f in files if f["filename"] == SDIST_FILE)
             part = tarball.with_suffix(".partial")
             with urllib.request.urlopen(url, timeout=300) as r, open(part, "wb") as out:
                 shutil.copyfileobj(r, out, 1 << 20)
