@@ -32,7 +32,7 @@ elif command -v nvcc >/dev/null || [ -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" ] 
      [ -x /usr/local/cuda/bin/nvcc ] || [ -x /opt/cuda/bin/nvcc ]; then
   LEGION_ARGS+=(--cuda)
 fi
-echo "[install] Legion ${LEGION_ARGS[*]:-(CPU)} (cached; the first build takes 11-18 minutes on 2 cores, about twice that with CUDA)"
+echo "[install] Legion ${LEGION_ARGS[*]:-(CPU)} (cached; the first build takes 11-19 minutes on 2 cores)"
 $PY cmake/legion_cache.py "${LEGION_ARGS[@]}"
 
 echo "[install] flexflow_spec"
