@@ -56,7 +56,7 @@ _PIPELINED = r'''
 import json, sys, threading
 import flexflow_spec as ff
 cfg = json.loads(sys.argv[1])
-ff.init(num_cpus=2, system_memory=2048)
+ff.init(num_cpus=2, system_memory=2048, num_gpus=cfg["num_gpus"])
 llm = ff.LLM(cfg["model"], data_type=ff.DataType.DT_FLOAT)
 llm.compile(ff.GenerationConfig(), max_requests_per_batch=3, max_seq_length=160, max_tokens_per_batch=16)
 out = {"together": [r.output_tokens for r in llm.generate(cfg["prompts"], max_new_tokens=24)]}
@@ -78,9 +78,10 @@ print("RESULT " + json.dumps(out))
 
 
 def test_pipelined_driver_gives_the_same_tokens(runtime, smollm2_dir):
-    """FFS_STEP_PIPELINE=1 (prepare tasks chained ahead of the steps; the default with GPUs):
-    the same tokens as the synchronous driver for batched, chunked, threaded, sampled and
-    return_logits requests, and a clean shutdown after freeing the model."""
+    """The pipelined driver (prepare tasks chained ahead of the steps; the default with GPUs)
+    and the synchronous one give the same tokens for batched, chunked, threaded, sampled and
+    return_logits requests, and a clean shutdown after freeing the model. This process runs
+    one driver, a subprocess on the same backend the other."""
     import json
     import os
     import subprocess
@@ -93,8 +94,10 @@ def test_pipelined_driver_gives_the_same_tokens(runtime, smollm2_dir):
     sampled = llm.generate(prompts[1], max_new_tokens=16, generation_config=ff.GenerationConfig(
         do_sample=True, temperature=0.8, topp=0.9, seed=7)).output_tokens
     logits = [float(x) for x in llm.generate(prompts[2], max_new_tokens=4, return_logits=True).logits[-1][:64]]
-    cfg = json.dumps({"model": str(smollm2_dir), "prompts": prompts})
-    env = {**os.environ, "FFS_STEP_PIPELINE": "1"}
+    cfg = json.dumps({"model": str(smollm2_dir), "prompts": prompts, "num_gpus": runtime["num_gpus"]})
+    here = os.environ.get("FFS_STEP_PIPELINE")
+    pipelined_here = here != "0" if here else runtime["num_gpus"] > 0
+    env = {**os.environ, "FFS_STEP_PIPELINE": "0" if pipelined_here else "1"}
     proc = subprocess.run([sys.executable, "-c", _PIPELINED, cfg], capture_output=True, text=True, timeout=600,
                           env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -153,9 +153,14 @@ def test_generate_before_compile(runtime, tiny_dir):
 def test_memory_pool_too_small_names_the_setting(runtime, tiny_llm, reference_tokens, tmp_path):
     long_ctx = make_tiny_llama(tmp_path / "long", max_position_embeddings=1 << 22)
     llm = ff.LLM(str(long_ctx), data_type=ff.DataType.DT_FLOAT)
-    with pytest.raises(ff.OutOfMemoryError, match=r"KV cache 16384 MiB.*system_memory"):
-        # 2 layers x K,V x 4 requests x 4M positions x 64 floats: 16 GiB, more than the pool.
-        llm.compile(ff.GenerationConfig(), max_requests_per_batch=4, max_seq_length=1 << 22)
+    # 2 layers x K,V x R requests x 4M positions x 64 floats: 16 GiB with R = 4, more than the
+    # system pool; on the GPU backend the framebuffer pool is the limit, so R = 4096 (16 TiB).
+    gpu = runtime["num_gpus"] > 0
+    requests = 4096 if gpu else 4
+    kv_mib = (2 * 2 * requests * (1 << 22) * 64 * 4) >> 20
+    setting = "memory_per_gpu" if gpu else "system_memory"
+    with pytest.raises(ff.OutOfMemoryError, match=rf"KV cache {kv_mib} MiB.*{setting}"):
+        llm.compile(ff.GenerationConfig(), max_requests_per_batch=requests, max_seq_length=1 << 22)
     still_works(tiny_llm, reference_tokens)
     with pytest.raises(ValueError, match=r"max_requests_per_batch must be in \[1, 4096\]"):
         llm.compile(ff.GenerationConfig(), max_requests_per_batch=5000)
