@@ -89,7 +89,7 @@ build() {
   env_setup
   mkdir -p /tmp/legion && tar -C /tmp/legion -xJf "$CARRY/legion.tar.xz"
   local cv
-  cv=$(nvcc --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
+  cv=$("$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
   mkdir -p "$HOME/.cache/flexflow_spec/cuda-$cv-extras" &&
     tar -C "$HOME/.cache/flexflow_spec/cuda-$cv-extras" -xJf "$CARRY/cuda-extras.tar.xz"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
