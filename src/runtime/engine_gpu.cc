@@ -128,10 +128,11 @@ void load_weights(ModelHandle *m, int device, void *device_weights, void *stream
   const size_t es = gpu::dtype_size(dt);
   const auto s = static_cast<gpuStream_t>(stream);
   std::string error;
+  gpu::GpuLlama::Staging staging;  // one pinned buffer for every tensor
   load_weights_streamed(*m->checkpoint, m->config, m->layout, m->data_type,
                         [&](size_t offset, const float *data, size_t n) {
                           if (!gpu::GpuLlama::upload(data, n, dt, static_cast<char *>(device_weights) + offset * es,
-                                                     s, &error))
+                                                     s, &error, &staging))
                             fail(FFS_ERR_INTERNAL, "model " + m->path + ": " + error);
                         });
 }

@@ -215,17 +215,30 @@ DType GpuLlama::dtype() const { return impl_->dt; }
 gpuStream_t GpuLlama::stream() const { return impl_->stream; }
 void GpuLlama::set_stream(gpuStream_t stream) { impl_->stream = stream ? stream : impl_->own_stream; }
 
-bool GpuLlama::upload(const float *host, size_t n, DType dt, void *device, gpuStream_t stream, std::string *error) {
+GpuLlama::Staging::~Staging() {
+  if (p) gpuFreeHost(p);
+}
+
+bool GpuLlama::upload(const float *host, size_t n, DType dt, void *device, gpuStream_t stream, std::string *error,
+                      Staging *reuse) {
   const size_t es = dtype_size(dt);
   const size_t chunk = std::min(n, size_t(1) << 24);
   if (n == 0) return true;
   // Two pinned halves: the host converts one chunk while the other is being copied.
-  void *staging = nullptr;
-  gpuError_t e = gpuMallocHost(&staging, 2 * chunk * es);
-  if (e != gpuSuccess) {
-    if (error) *error = gpu_message("pinned staging buffer", e);
-    return false;
+  Staging own;
+  Staging &st = reuse ? *reuse : own;
+  gpuError_t e = gpuSuccess;
+  if (st.bytes < 2 * chunk * es) {
+    if (st.p) gpuFreeHost(st.p);
+    st.p = nullptr;
+    st.bytes = 0;
+    if ((e = gpuMallocHost(&st.p, 2 * chunk * es)) != gpuSuccess) {
+      if (error) *error = gpu_message("pinned staging buffer", e);
+      return false;
+    }
+    st.bytes = 2 * chunk * es;
   }
+  void *staging = st.p;
   gpuEvent_t done[2] = {nullptr, nullptr};
   for (int i = 0; i < 2 && e == gpuSuccess; i++) e = gpuEventCreateWithFlags(&done[i], gpuEventDisableTiming);
   size_t k = 0;
@@ -242,7 +255,6 @@ bool GpuLlama::upload(const float *host, size_t n, DType dt, void *device, gpuSt
   if (e == gpuSuccess) e = gpuStreamSynchronize(stream);
   for (gpuEvent_t ev : done)
     if (ev) gpuEventDestroy(ev);
-  gpuFreeHost(staging);
   if (e != gpuSuccess && error) *error = gpu_message("weights upload", e);
   return e == gpuSuccess;
 }

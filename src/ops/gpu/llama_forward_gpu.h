@@ -79,10 +79,21 @@ class GpuLlama {
 
   struct Impl;
 
+  // Pinned host memory for upload(), kept across calls (one allocation for a whole model).
+  struct Staging {
+    void *p = nullptr;
+    size_t bytes = 0;
+    Staging() = default;
+    Staging(const Staging &) = delete;
+    Staging &operator=(const Staging &) = delete;
+    ~Staging();
+  };
   // Host fp32 -> dtype -> device: n values from `host` to `device` (a byte address of n
-  // dtype elements), converted a chunk at a time through a pinned staging buffer on
-  // `stream`; returns once the copy is done. False with *error on a CUDA error.
-  static bool upload(const float *host, size_t n, DType dt, void *device, gpuStream_t stream, std::string *error);
+  // dtype elements), converted a chunk at a time through pinned staging (two halves: one
+  // converting while the other copies) on `stream`; returns once the copy is done. False with
+  // *error on a CUDA error. staging: reused and grown if given, else allocated for this call.
+  static bool upload(const float *host, size_t n, DType dt, void *device, gpuStream_t stream, std::string *error,
+                     Staging *staging = nullptr);
 
  private:
   explicit GpuLlama(std::unique_ptr<Impl> impl);
