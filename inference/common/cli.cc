@@ -314,16 +314,12 @@ std::vector<std::string> legion_args(const Options &o) {
   if (!given("-ll:util")) a.insert(a.end(), {"-ll:util", "1"});
   if (!given("-ll:csize")) a.insert(a.end(), {"-ll:csize", std::to_string(default_csize_mib())});
   if (!given("-level")) a.insert(a.end(), {"-level", "threads=5"});
-  // With a GPU and no -ll:fsize: the framebuffer pool ff.init(num_gpus=1) would take (free
-  // memory less max(2 GiB, 1/12 of the device) for the context, cuBLAS and step scratch).
+  // With a GPU and no -ll:fsize: the core's default pool, as ff.init(num_gpus=1) takes it.
   bool gpu = false;
   for (size_t i = 0; i + 1 < o.legion.size(); i++) gpu = gpu || (o.legion[i] == "-ll:gpu" && std::atoi(o.legion[i + 1].c_str()) > 0);
   ffs_gpu_info_t info;
-  if (gpu && !given("-ll:fsize") && ffs_gpu_probe(&info) == FFS_OK && info.devices > 0) {
-    const size_t free_mib = info.free_bytes >> 20, total_mib = info.total_bytes >> 20;
-    const size_t reserve = std::max<size_t>(2048, total_mib / 12);
-    if (free_mib > reserve + 256) a.insert(a.end(), {"-ll:fsize", std::to_string(free_mib - reserve)});
-  }
+  if (gpu && !given("-ll:fsize") && ffs_gpu_probe(&info) == FFS_OK && info.default_pool_bytes > 0)
+    a.insert(a.end(), {"-ll:fsize", std::to_string(info.default_pool_bytes >> 20)});
   a.insert(a.end(), o.legion.begin(), o.legion.end());
   return a;
 }

@@ -95,14 +95,8 @@ def gpu_info() -> dict:
     return {"built": bool(info.built), "devices": int(info.devices),
             "name": ffi.string(info.name).decode(errors="replace"),
             "free_mib": int(info.free_bytes) >> 20, "total_mib": int(info.total_bytes) >> 20,
+            "default_pool_mib": int(info.default_pool_bytes) >> 20,
             "why": ffi.string(info.why).decode(errors="replace")}
-
-
-# Device memory left outside Legion's framebuffer pool by default: the CUDA context, cuBLAS
-# and its workspace, the step's activations and logits scratch (allocated by the step, not by
-# Legion). At least 2 GiB, or 1/12 of the device.
-def _default_gpu_reserve_mib(total_mib: int) -> int:
-    return max(2048, total_mib // 12)
 
 
 def _plan_gpu(s: dict) -> int:
@@ -115,7 +109,9 @@ def _plan_gpu(s: dict) -> int:
         raise UnsupportedModelError(
             f"ff.init(num_gpus={n}): {info['why'] or str(info['devices']) + ' GPU(s) visible'}")
     free, total = info["free_mib"], info["total_mib"]
-    want = s["memory_per_gpu"] or free - _default_gpu_reserve_mib(total)
+    # The default pool is the core's (ffs_gpu_probe): what is left after the CUDA context,
+    # cuBLAS and the step's scratch, which live outside Legion.
+    want = s["memory_per_gpu"] or info["default_pool_mib"]
     if s["memory_per_gpu"] and want > free - 512:
         raise OutOfMemoryError(
             f"ff.init(memory_per_gpu={want}) MiB: GPU 0 ({info['name']}) has {free} MiB free of {total}; "

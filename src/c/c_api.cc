@@ -124,6 +124,7 @@ ffs_status_t ffs_gpu_probe(ffs_gpu_info_t *out) {
     out->devices = p.devices;
     out->free_bytes = p.free_bytes;
     out->total_bytes = p.total_bytes;
+    out->default_pool_bytes = p.default_pool_bytes;
     put(out->name, sizeof(out->name), p.name);
     std::string why = p.why;
     if (!out->built && why.empty())

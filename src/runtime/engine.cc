@@ -413,6 +413,14 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
   }
 }
 
+// A step's regions: the weights read-only, the KV cache read-write.
+void add_step_regions(TaskLauncher &tl, const Placement &p) {
+  tl.add_region_requirement(RegionRequirement(p.weights, LEGION_READ_ONLY, LEGION_EXCLUSIVE, p.weights));
+  tl.add_field(0, FID_DATA);
+  tl.add_region_requirement(RegionRequirement(p.kv, LEGION_READ_WRITE, LEGION_EXCLUSIVE, p.kv));
+  tl.add_field(1, FID_DATA);
+}
+
 Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch &b) {
   bool logits = false;
   size_t bytes = 96 + StepResult::kMaxError + b.num_rows() * sizeof(int32_t);
@@ -425,10 +433,7 @@ Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch
   const TaskID id = p.gpu ? (logits ? STEP_LOGITS_GPU_TASK_ID : STEP_GPU_TASK_ID)
                           : (logits ? STEP_LOGITS_TASK_ID : STEP_TASK_ID);
   TaskLauncher tl(id, UntypedBuffer(args.data(), args.size()));
-  tl.add_region_requirement(RegionRequirement(p.weights, LEGION_READ_ONLY, LEGION_EXCLUSIVE, p.weights));
-  tl.add_field(0, FID_DATA);
-  tl.add_region_requirement(RegionRequirement(p.kv, LEGION_READ_WRITE, LEGION_EXCLUSIVE, p.kv));
-  tl.add_field(1, FID_DATA);
+  add_step_regions(tl, p);
   return rt->execute_task(ctx, tl);
 }
 
@@ -476,16 +481,13 @@ void launch_prepare(Context ctx, Runtime *rt, ModelHandle *m, Pipe &pp) {
 Future launch_step_from(Context ctx, Runtime *rt, const Placement &p, const Future &batch) {
   TaskLauncher tl(p.gpu ? STEP_LOGITS_GPU_TASK_ID : STEP_LOGITS_TASK_ID, UntypedBuffer());
   tl.add_future(batch);
-  tl.add_region_requirement(RegionRequirement(p.weights, LEGION_READ_ONLY, LEGION_EXCLUSIVE, p.weights));
-  tl.add_field(0, FID_DATA);
-  tl.add_region_requirement(RegionRequirement(p.kv, LEGION_READ_WRITE, LEGION_EXCLUSIVE, p.kv));
-  tl.add_field(1, FID_DATA);
+  add_step_regions(tl, p);
   return rt->execute_task(ctx, tl);
 }
 
 bool batch_is_empty(const Future &f) {
   const BatchBlob b = f.get_result<BatchBlob>();
-  return StepBatch::deserialize(b.bytes.data(), b.bytes.size()).num_tokens() == 0;
+  return StepBatch::serialized_num_tokens(b.bytes.data(), b.bytes.size()) == 0;
 }
 
 // Launches what model m's chain can take now; returns the driver time it spent (us).

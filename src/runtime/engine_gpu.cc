@@ -1,5 +1,6 @@
 #include "runtime/engine_gpu.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -118,7 +119,10 @@ Probe probe() {
   if ((e = gpuSetDevice(0)) != gpuSuccess || (e = gpuMemGetInfo(&p.free_bytes, &p.total_bytes)) != gpuSuccess) {
     p.devices = 0;
     p.why = std::string("GPU 0 cannot be used: ") + gpuGetErrorString(e);
+    return p;
   }
+  const size_t reserve = std::max<size_t>(size_t(2048) << 20, p.total_bytes / 12);
+  if (p.free_bytes >= reserve + (size_t(256) << 20)) p.default_pool_bytes = p.free_bytes - reserve;
   return p;
 }
 

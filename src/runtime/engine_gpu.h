@@ -25,6 +25,10 @@ struct Probe {
   std::string why;  // set when devices == 0
   std::string name;
   size_t free_bytes = 0, total_bytes = 0;
+  // The default framebuffer pool: free memory less max(2 GiB, 1/12 of the device) for what
+  // the step allocates outside Legion (context, cuBLAS and its workspace, scratch, graphs);
+  // 0 when that leaves less than 256 MiB.
+  size_t default_pool_bytes = 0;
 };
 Probe probe();
 

@@ -64,6 +64,12 @@ std::vector<uint8_t> StepBatch::serialize() const {
   return out;
 }
 
+size_t StepBatch::serialized_num_tokens(const void *data, size_t size) {
+  Reader r{static_cast<const uint8_t *>(data), static_cast<const uint8_t *>(data) + size};
+  r.pod<int32_t>();  // model_id, then the tokens vector's length: serialize()'s order
+  return static_cast<size_t>(r.pod<uint64_t>());
+}
+
 StepBatch StepBatch::deserialize(const void *data, size_t size) {
   Reader r{static_cast<const uint8_t *>(data), static_cast<const uint8_t *>(data) + size};
   StepBatch b;

@@ -46,6 +46,8 @@ struct StepBatch {
 
   std::vector<uint8_t> serialize() const;
   static StepBatch deserialize(const void *data, size_t size);
+  // The token count of a serialized batch, read from its header (no full deserialization).
+  static size_t serialized_num_tokens(const void *data, size_t size);
 };
 
 // A step's batch travelling as a future's value (the pipelined driver: a prepare task

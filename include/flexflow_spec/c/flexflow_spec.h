@@ -55,6 +55,9 @@ typedef struct {
   int devices;
   size_t free_bytes;
   size_t total_bytes;
+  /* The default -ll:fsize / memory_per_gpu: free memory less max(2 GiB, 1/12 of the device),
+   * left for the CUDA context, cuBLAS and the step's scratch (0 when that leaves < 256 MiB). */
+  size_t default_pool_bytes;
   char name[128];
   char why[512];
 } ffs_gpu_info_t;
