@@ -135,3 +135,21 @@ def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> Path:
     model = LlamaForCausalLM(LlamaConfig(**cfg)).to(torch.float32).eval()
     model.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def chi_square_pvalue(counts, probs) -> float:
+    """Pearson's chi-square goodness of fit of draw counts to probabilities. Cells expected
+    fewer than 5 times are pooled into one (the test's validity condition: one draw of a token
+    expected 0.07 times would otherwise alone give p < 1e-20)."""
+    import numpy as np
+    from scipy.stats import chisquare
+    counts, probs = np.asarray(counts, dtype=float), np.asarray(probs, dtype=float)
+    expected = probs.ravel() * counts.sum()
+    obs = counts.ravel()
+    assert obs[expected == 0].sum() == 0, "a pair with zero probability was drawn"
+    big = expected >= 5  # pool the small cells into one bin
+    f_obs = np.append(obs[big], obs[~big].sum())
+    f_exp = np.append(expected[big], expected[~big].sum())
+    if f_exp[-1] == 0:
+        f_obs, f_exp = f_obs[:-1], f_exp[:-1]
+    return chisquare(f_obs, f_exp).pvalue

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import flexflow_spec as ff
-from conftest import make_tiny_llama
+from conftest import chi_square_pvalue, make_tiny_llama
 
 VOCAB = 16
 PROMPT = [3, 9, 4]
@@ -81,19 +81,6 @@ def sample_joint(llm_dir, ssm_dirs, temperature, topp, verifier, seed_base=0) ->
     # Speculation did happen: fewer LLM steps than tokens.
     assert steps < 3 * N
     return counts
-
-
-def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
-    from scipy.stats import chisquare
-    expected = probs.ravel() * counts.sum()
-    obs = counts.ravel()
-    assert obs[expected == 0].sum() == 0, "a pair with zero probability was drawn"
-    big = expected >= 5  # pool the small cells into one bin
-    f_obs = np.append(obs[big], obs[~big].sum())
-    f_exp = np.append(expected[big], expected[~big].sum())
-    if f_exp[-1] == 0:
-        f_obs, f_exp = f_obs[:-1], f_exp[:-1]
-    return chisquare(f_obs, f_exp).pvalue
 
 
 CASES = [(1, 1.0, 1.0), (1, 0.7, 0.9), (2, 1.0, 1.0), (2, 0.7, 0.9)]

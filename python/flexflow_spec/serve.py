@@ -299,7 +299,12 @@ class LLM:
             except FlexFlowSpecError as e:  # this request failed: still collect (and free) the others
                 error = error or e
         if error is not None:
-            raise error
+            try:
+                raise error
+            finally:
+                # Otherwise this frame -> error -> its traceback -> this frame is a cycle
+                # that keeps the model (self) alive until the garbage collector runs.
+                error = None
         self._write_output_file(results)
         return results[0] if single else results
 

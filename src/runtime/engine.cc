@@ -2,6 +2,7 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -121,13 +122,29 @@ double now_us() {
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// A step's batch: its task argument, or (pipelined launches) the value of its first future,
-// made by the prepare task that ran after the previous step.
-StepBatch batch_of(const Task *task) {
-  if (task->arglen > 0) return StepBatch::deserialize(task->args, task->arglen);
-  FFS_CHECK(!task->futures.empty(), FFS_ERR_INTERNAL, "a step task without a batch");
-  const BatchBlob blob = task->futures[0].get_result<BatchBlob>();
-  return StepBatch::deserialize(blob.bytes.data(), blob.bytes.size());
+// A step's batch: its task argument, or (pipelined launches, whose argument is the model's
+// id) the model's batch in the plan of its first future, made by the prepare task that ran
+// after the previous step. *absent: the plan does not run this model, so the task does nothing.
+StepBatch batch_of(const Task *task, bool *absent) {
+  *absent = false;
+  if (task->futures.empty()) return StepBatch::deserialize(task->args, task->arglen);
+  int32_t id;
+  FFS_CHECK(task->arglen == sizeof(id), FFS_ERR_INTERNAL, "a pipelined step task without its model id");
+  std::memcpy(&id, task->args, sizeof(id));
+  const StepPlan plan = task->futures[0].get_result<StepPlan>();
+  const std::vector<uint8_t> *bytes = plan.find(id);
+  if (bytes) return StepBatch::deserialize(bytes->data(), bytes->size());
+  *absent = true;
+  StepBatch none;
+  none.model_id = id;
+  return none;
+}
+
+// What a step task returns for a model its plan does not run.
+StepResult idle_step() {
+  StepResult r;
+  r.ok = 1;
+  return r;
 }
 
 // ---- the step task -----------------------------------------------------------------------
@@ -136,7 +153,9 @@ StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions
   use_all_process_cpus();
   const auto t0 = std::chrono::steady_clock::now();
   const double start = now_us();
-  StepBatch b = batch_of(task);
+  bool absent;
+  StepBatch b = batch_of(task, &absent);
+  if (absent) return idle_step();
   ModelHandle *m = lookup(b.model_id);
   FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
   const FieldAccessor<LEGION_READ_ONLY, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> w(regions[0], FID_DATA);
@@ -200,54 +219,65 @@ int32_t load_weights_task(const Task *task, const std::vector<PhysicalRegion> &r
   });
 }
 
-// The pipelined driver's prepare task (plain request managers): applies the previous step's
-// result (futures[0]: its batch, futures[1]: its StepResult; absent for a chain's first) and
-// schedules the next batch, which the step task launched behind it reads as its future. It
-// runs as soon as that step finishes, while the next step is already launched and mapped.
-BatchBlob prepare_task(const Task *task, const std::vector<PhysicalRegion> &, Context, Runtime *) {
-  int id;
-  std::memcpy(&id, task->args, sizeof(id));
-  BatchBlob out;
+// The pipelined driver's prepare task: applies the previous step's results and plans the
+// next step, whose step tasks (launched before this ran) read the plan as their future.
+// Argument: the driven model's id, then the models the previous step launched a task for.
+// Futures (absent for a chain's first prepare): the previous plan, then those tasks' results.
+// It runs as soon as that step finishes, while the next step is already launched and mapped.
+StepPlan prepare_task(const Task *task, const std::vector<PhysicalRegion> &, Context, Runtime *) {
+  std::vector<int32_t> args(task->arglen / sizeof(int32_t));
+  std::memcpy(args.data(), task->args, args.size() * sizeof(int32_t));
+  const int id = args.at(0);
+  const std::vector<int32_t> launched(args.begin() + 1, args.end());
+  StepPlan out;
   ModelHandle *m = lookup(id);
-  StepBatch next;
-  next.model_id = id;
-  if (!m || !m->manager) {  // freed meanwhile: an empty batch
-    out.bytes = next.serialize();
-    return out;
-  }
-  StepBatch prev;
+  if (!m || !m->manager) return out;  // freed meanwhile: an empty plan
+  std::vector<StepBatch> prev;
   bool applied = false;
   try {
-    if (task->futures.size() == 2) {
-      const BatchBlob pb = task->futures[0].get_result<BatchBlob>();
-      prev = StepBatch::deserialize(pb.bytes.data(), pb.bytes.size());
-      if (prev.num_tokens() > 0) {
-        const StepResult r = task->futures[1].get_result<StepResult>();
+    if (!task->futures.empty()) {
+      const StepPlan plan = task->futures[0].get_result<StepPlan>();
+      std::vector<StepResult> results;
+      std::string why;  // the first problem: the whole step's requests fail, as in the synchronous loop
+      for (const std::vector<uint8_t> &bytes : plan.batches) {
+        prev.push_back(StepBatch::deserialize(bytes.data(), bytes.size()));
+        const StepBatch &b = prev.back();
+        const auto at = std::find(launched.begin(), launched.end(), b.model_id);
+        if (at == launched.end()) {
+          if (why.empty()) why = "a model this step needs was freed (an SSM freed before its LLM?)";
+          continue;
+        }
+        results.push_back(task->futures.at(1 + (at - launched.begin())).get_result<StepResult>());
+        const StepResult &r = results.back();
+        if (!why.empty()) continue;
         if (!r.ok)
-          m->manager->fail_steps({prev}, "the step failed: " + (r.error.empty() ? std::string("see the log") : r.error));
-        else if (r.tokens.size() != prev.num_rows())
-          m->manager->fail_steps({prev}, "the step returned " + std::to_string(r.tokens.size()) + " tokens for " +
-                                             std::to_string(prev.num_rows()) + " rows");
+          why = "the step failed: " + (r.error.empty() ? std::string("see the log") : r.error);
+        else if (r.tokens.size() != b.num_rows())
+          why = "the step returned " + std::to_string(r.tokens.size()) + " tokens for " +
+                std::to_string(b.num_rows()) + " rows";
+      }
+      if (!prev.empty()) {
+        if (why.empty())
+          m->manager->update(prev, results);
         else
-          m->manager->update({prev}, {r});
+          m->manager->fail_steps(prev, why);
       }
     }
     applied = true;
-    std::vector<StepBatch> steps = m->manager->next_steps();
-    if (!steps.empty()) next = std::move(steps.front());
-    next.model_id = id;
+    for (StepBatch &b : m->manager->next_steps()) {
+      if (b.model_id < 0) b.model_id = id;
+      out.batches.push_back(b.serialize());
+    }
   } catch (const std::exception &e) {
     FFS_LOG(::ffspec::log::Level::Error, "step", "preparing a step failed: " << e.what());
     // Nothing is lost silently: the requests of the step it could not apply fail, or, if
     // scheduling itself failed, every request of the model (it would fail again each step).
-    if (!applied && prev.num_tokens() > 0)
-      m->manager->fail_steps({prev}, e.what());
+    if (!applied && !prev.empty())
+      m->manager->fail_steps(prev, e.what());
     else
       m->manager->fail_all(std::string("scheduling failed: ") + e.what());
-    next = StepBatch();
-    next.model_id = id;
+    out.batches.clear();
   }
-  out.bytes = next.serialize();
   return out;
 }
 
@@ -280,7 +310,9 @@ void *task_stream() {
 StepResult gpu_step_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
   try {
     const double start = now_us();
-    StepBatch b = batch_of(task);
+    bool absent;
+    StepBatch b = batch_of(task, &absent);
+    if (absent) return idle_step();
     ModelHandle *m = lookup(b.model_id);
     FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
     const size_t es = engine_gpu::storage_bytes(m->data_type);
@@ -437,78 +469,94 @@ Future launch_step(Context ctx, Runtime *rt, const Placement &p, const StepBatch
   return rt->execute_task(ctx, tl);
 }
 
-// ---- the pipelined driver (plain request managers) --------------------------------------
-// Per model, the chain prepare(N) -> step(N) -> prepare(N+1) -> step(N+1) -> ..., each link
-// waiting on the previous one through futures. The driver launches up to kPipelineDepth
-// steps ahead, so Legion has analysed and mapped step N+1 while step N runs, and the only
-// work between two steps is the prepare task: apply N's tokens, schedule N+1. (Speculative
-// LLMs keep the synchronous loop below: which models the next step runs is only known after
-// the current one.)
+// ---- the pipelined driver ------------------------------------------------------------------
+// Per driven model (a plain one, or a speculative LLM with its SSMs), the chain
+// prepare(N) -> step(N) -> prepare(N+1) -> step(N+1) -> ..., each link waiting on the previous
+// one through futures. The driver launches up to kPipelineDepth steps ahead, so Legion has
+// analysed and mapped step N+1 while step N runs, and the only work between two steps is the
+// prepare task: apply N's results, plan N+1. Which models step N+1 runs (a speculative LLM
+// verifying, or its SSMs drafting) is only known when its prepare runs, so a step launches one
+// task for every model of the chain; those its plan does not run return at once.
 struct Pipe {
   struct Flight {
-    Future batch, result;
-    double launched_us;
+    Future plan;
+    std::vector<int32_t> members;  // the models a step task was launched for
+    std::vector<Future> results;   // theirs, in that order
+    double launched_us = 0;
   };
   std::deque<Flight> flights;  // steps launched whose results the driver has not read (oldest first)
-  bool have_next = false;      // a prepare whose batch no step has taken yet
-  Future next_batch;
+  bool have_next = false;      // a prepare whose plan no step has taken yet
+  Future next_plan;
   bool have_last = false;      // the newest step: the next prepare's inputs
-  Future last_batch, last_result;
+  Flight last;
   double prev_end_us = 0;      // end of the step read last
 };
 constexpr size_t kPipelineDepth = 2;
 std::map<int, Pipe> g_pipes;  // driver thread only
-// Whether plain request managers use the chain. Measured on the 2-core CPU machine it does
-// not pay (the prepare task and Legion's analysis of the next step compete with the step's
-// own threads: 0.6-1.0 ms between steps against 0.4-0.5 synchronous), so it is the default
-// only with GPUs, where the step runs on the device and the host cores are free.
-// FFS_STEP_PIPELINE=1 / 0 forces it on or off.
+// Whether the chains are used. Measured on the 2-core CPU machine they do not pay (the
+// prepare task and Legion's analysis of the next step compete with the step's own threads:
+// 0.6-1.0 ms between steps against 0.4-0.5 synchronous), so they are the default only with
+// GPUs, where the step runs on the device and the host cores are free.
+// FFS_STEP_PIPELINE=1 / 0 forces them on or off.
 bool g_pipeline = false;
 
 void launch_prepare(Context ctx, Runtime *rt, ModelHandle *m, Pipe &pp) {
-  TaskLauncher tl(PREPARE_TASK_ID, UntypedBuffer(&m->id, sizeof(m->id)));
+  std::vector<int32_t> args{m->id};
+  if (pp.have_last) args.insert(args.end(), pp.last.members.begin(), pp.last.members.end());
+  TaskLauncher tl(PREPARE_TASK_ID, UntypedBuffer(args.data(), args.size() * sizeof(int32_t)));
   if (pp.have_last) {
-    tl.add_future(pp.last_batch);
-    tl.add_future(pp.last_result);
+    tl.add_future(pp.last.plan);
+    for (const Future &f : pp.last.results) tl.add_future(f);
   }
-  pp.next_batch = rt->execute_task(ctx, tl);
+  pp.next_plan = rt->execute_task(ctx, tl);
   pp.have_next = true;
   pp.have_last = false;  // applying that step is now this prepare's job
 }
 
-// A step whose batch is a future: the unbounded-result variant, since the batch (and so
-// whether a row wants logits) is not known at launch.
-Future launch_step_from(Context ctx, Runtime *rt, const Placement &p, const Future &batch) {
-  TaskLauncher tl(p.gpu ? STEP_LOGITS_GPU_TASK_ID : STEP_LOGITS_TASK_ID, UntypedBuffer());
-  tl.add_future(batch);
-  add_step_regions(tl, p);
-  return rt->execute_task(ctx, tl);
+// One step of model m's chain whose plan is a future: a task per model of the chain still
+// placed (an SSM freed before its LLM is not; the prepare then fails the requests that needed
+// it), each the unbounded-result variant, since whether a row wants logits is not known yet.
+Pipe::Flight launch_steps_from(Context ctx, Runtime *rt, ModelHandle *m, const Future &plan) {
+  Pipe::Flight f;
+  f.plan = plan;
+  f.launched_us = now_us();
+  for (const int id : m->manager->model_ids()) {
+    Placement p;
+    {
+      std::lock_guard<std::mutex> lock(st().mu);
+      auto it = st().placements.find(id);
+      if (it == st().placements.end()) continue;
+      p = it->second;
+    }
+    const int32_t arg = id;
+    TaskLauncher tl(p.gpu ? STEP_LOGITS_GPU_TASK_ID : STEP_LOGITS_TASK_ID, UntypedBuffer(&arg, sizeof(arg)));
+    tl.add_future(plan);
+    add_step_regions(tl, p);
+    f.members.push_back(id);
+    f.results.push_back(rt->execute_task(ctx, tl));
+  }
+  return f;
 }
 
-bool batch_is_empty(const Future &f) {
-  const BatchBlob b = f.get_result<BatchBlob>();
-  return StepBatch::serialized_num_tokens(b.bytes.data(), b.bytes.size()) == 0;
-}
+bool plan_is_empty(const Future &f) { return f.get_result<StepPlan>().num_tokens() == 0; }
 
 // Launches what model m's chain can take now; returns the driver time it spent (us).
-double pump(Context ctx, Runtime *rt, ModelHandle *m, const Placement &p) {
+double pump(Context ctx, Runtime *rt, ModelHandle *m) {
   const double t0 = now_us();
   Pipe &pp = g_pipes[m->id];
   bool work = m->manager->has_work();
   if (pp.have_next && pp.flights.empty() && !work) {
     // Idle: the pending prepare (quick) came back empty and is dropped, so that a later
     // request starts a fresh chain; or it took a request that arrived meanwhile.
-    if (batch_is_empty(pp.next_batch))
+    if (plan_is_empty(pp.next_plan))
       pp.have_next = false;
     else
       work = true;
   }
   if (!pp.have_next && work) launch_prepare(ctx, rt, m, pp);
   while (pp.have_next && work && pp.flights.size() < kPipelineDepth) {
-    const Future r = launch_step_from(ctx, rt, p, pp.next_batch);
-    pp.flights.push_back({pp.next_batch, r, now_us()});
-    pp.last_batch = pp.next_batch;
-    pp.last_result = r;
+    pp.flights.push_back(launch_steps_from(ctx, rt, m, pp.next_plan));
+    pp.last = pp.flights.back();
     pp.have_last = true;
     pp.have_next = false;
     launch_prepare(ctx, rt, m, pp);
@@ -516,35 +564,59 @@ double pump(Context ctx, Runtime *rt, ModelHandle *m, const Placement &p) {
   return now_us() - t0;
 }
 
-// Reads model m's oldest step result (waiting for it) and records its timing.
+// Reads model m's oldest step (waiting for it) and records its timing: the slowest of the
+// models that ran in it, as the synchronous loop does.
 void drain_one(ModelHandle *m, double driver_us) {
   Pipe &pp = g_pipes[m->id];
   if (pp.flights.empty()) return;
   const Pipe::Flight f = pp.flights.front();
   pp.flights.pop_front();
-  const StepResult r = f.result.get_result<StepResult>();
+  const StepPlan plan = f.plan.get_result<StepPlan>();
+  bool ran = false, failed = false;
+  double compute_us = 0, start_us = 0, end_us = 0;
+  for (size_t i = 0; i < f.members.size(); i++) {
+    const StepResult r = f.results[i].get_result<StepResult>();
+    if (!plan.find(f.members[i])) continue;
+    failed = failed || !r.ok;
+    start_us = ran ? std::min(start_us, r.start_us) : r.start_us;
+    end_us = std::max(end_us, r.end_us);
+    compute_us = std::max(compute_us, r.compute_us);
+    ran = true;
+  }
   const double t_read = now_us();
-  if (!r.ok || batch_is_empty(f.batch)) return;  // failures are applied (and logged) by the prepare
+  if (failed || !ran || plan.num_tokens() == 0) return;  // failures are applied (and logged) by the prepare
   std::lock_guard<std::mutex> lock(st().mu);
   ModelHandle::Stats &sx = m->stats;
   sx.steps++;
-  sx.compute_us += r.compute_us;
+  sx.compute_us += compute_us;
   // Launch (or the previous step's end, if later) to this step's end: the step plus the gap
   // Legion left before it.
-  sx.wall_us += r.end_us - std::max(pp.prev_end_us, f.launched_us);
+  const double from = std::max(pp.prev_end_us, f.launched_us);
+  sx.wall_us += end_us - from;
   sx.driver_us += driver_us + (now_us() - t_read);
-  pp.prev_end_us = r.end_us;
-  FFS_DEBUG("step", "model " << m->id << " compute_us " << r.compute_us << " gap_us "
-                             << r.start_us - std::max(pp.prev_end_us, f.launched_us));
+  FFS_DEBUG("step", "model " << m->id << " compute_us " << compute_us << " gap_us " << start_us - from);
+  pp.prev_end_us = end_us;
 }
 
 // Waits for everything model id's chain has launched and forgets it (the model is freed).
 void drain_pipe(int id) {
   auto it = g_pipes.find(id);
   if (it == g_pipes.end()) return;
-  for (const Pipe::Flight &f : it->second.flights) f.result.get_void_result();
-  if (it->second.have_next) it->second.next_batch.get_void_result();
+  for (const Pipe::Flight &f : it->second.flights)
+    for (const Future &r : f.results) r.get_void_result();
+  if (it->second.have_next) it->second.next_plan.get_void_result();
   g_pipes.erase(it);
+}
+
+// Waits until no task of another chain uses model id (an SSM being freed before its LLM);
+// those chains go on, their results read later as usual.
+void settle_pipes_using(int id) {
+  for (auto &[owner, pp] : g_pipes) {
+    if (owner == id) continue;
+    for (const Pipe::Flight &f : pp.flights)
+      for (const Future &r : f.results) r.get_void_result();
+    if (pp.have_next) pp.next_plan.get_void_result();
+  }
 }
 
 void driver_main(std::promise<void> ready) {
@@ -589,24 +661,15 @@ void driver_main(std::promise<void> ready) {
           models.push_back(kv.second);
     }
     for (auto &job : jobs) job(ctx, rt);
-    // Plain request managers: their chains of prepare and step tasks, kept launched ahead.
+    // Pipelined: each model's chain of prepare and step tasks, kept launched ahead.
     std::vector<std::pair<ModelHandle *, double>> pumped;
-    for (auto it = models.begin(); it != models.end();) {
-      ModelHandle *m = *it;
-      if (m->speculative || !g_pipeline) {
-        ++it;
-        continue;
-      }
-      Placement p;
-      {
-        std::lock_guard<std::mutex> lock(st().mu);
-        p = st().placements.at(m->id);
-      }
-      pumped.emplace_back(m, pump(ctx, rt, m, p));
-      it = models.erase(it);
+    if (g_pipeline) {
+      for (ModelHandle *m : models) pumped.emplace_back(m, pump(ctx, rt, m));
+      models.clear();
     }
-    // Speculative LLMs: each manager's next step, one batch per model in it (the LLM, or its
-    // SSMs drafting). Everything launched here runs concurrently on Legion's processors.
+    // Synchronous: each manager's next step, one batch per model in it (a plain model, a
+    // speculative LLM, or its SSMs drafting), launched, waited for and applied here.
+    // Everything launched in one pass runs concurrently on Legion's processors.
     struct InFlight {
       ModelHandle *m;
       std::vector<StepBatch> batches;
@@ -741,7 +804,7 @@ void start(const std::vector<std::string> &args) {
     leaf(LOAD_WEIGHTS_TASK_ID, "ffs_load_weights", Processor::LOC_PROC,
          CodeDescriptor(W::legion_task_wrapper<int32_t, load_weights_task>), sizeof(int32_t));
     leaf(PREPARE_TASK_ID, "ffs_prepare", Processor::LOC_PROC,
-         CodeDescriptor(W::legion_task_wrapper<BatchBlob, prepare_task>), 0);
+         CodeDescriptor(W::legion_task_wrapper<StepPlan, prepare_task>), 0);
 #ifdef FFS_GPU_TASKS
     const CodeDescriptor gpu_step(W::legion_task_wrapper<StepResult, gpu_step_task>);
     leaf(STEP_GPU_TASK_ID, "ffs_step_gpu", Processor::TOC_PROC, gpu_step, kBoundedResult);
@@ -823,6 +886,7 @@ void unregister_model(int id) {
   if (placed && started()) {
     run_on_driver([id](Context ctx, Runtime *rt) {
       drain_pipe(id);  // nothing of its chain may still run when the handle goes
+      settle_pipes_using(id);  // nor a speculative LLM's step that drafts with it
       Placement p;
       {
         std::lock_guard<std::mutex> lock(st().mu);

@@ -64,6 +64,11 @@ std::vector<uint8_t> StepBatch::serialize() const {
   return out;
 }
 
+int32_t StepBatch::serialized_model_id(const void *data, size_t size) {
+  Reader r{static_cast<const uint8_t *>(data), static_cast<const uint8_t *>(data) + size};
+  return r.pod<int32_t>();  // serialize()'s first field
+}
+
 size_t StepBatch::serialized_num_tokens(const void *data, size_t size) {
   Reader r{static_cast<const uint8_t *>(data), static_cast<const uint8_t *>(data) + size};
   r.pod<int32_t>();  // model_id, then the tokens vector's length: serialize()'s order
@@ -123,19 +128,38 @@ void StepResult::legion_deserialize(const void *buffer) {
   error.assign(e.begin(), e.end());
 }
 
-size_t BatchBlob::legion_buffer_size() const { return sizeof(uint64_t) + bytes.size(); }
-
-void BatchBlob::legion_serialize(void *buffer) const {
-  const uint64_t n = bytes.size();
-  std::memcpy(buffer, &n, sizeof(n));
-  if (n) std::memcpy(static_cast<uint8_t *>(buffer) + sizeof(n), bytes.data(), n);
+const std::vector<uint8_t> *StepPlan::find(int32_t model_id) const {
+  for (const std::vector<uint8_t> &b : batches)
+    if (StepBatch::serialized_model_id(b.data(), b.size()) == model_id) return &b;
+  return nullptr;
 }
 
-void BatchBlob::legion_deserialize(const void *buffer) {
-  uint64_t n;
-  std::memcpy(&n, buffer, sizeof(n));
-  const uint8_t *p = static_cast<const uint8_t *>(buffer) + sizeof(n);
-  bytes.assign(p, p + n);
+size_t StepPlan::num_tokens() const {
+  size_t n = 0;
+  for (const std::vector<uint8_t> &b : batches) n += StepBatch::serialized_num_tokens(b.data(), b.size());
+  return n;
+}
+
+size_t StepPlan::legion_buffer_size() const {
+  size_t n = sizeof(uint64_t);
+  for (const std::vector<uint8_t> &b : batches) n += sizeof(uint64_t) + b.size();
+  return n;
+}
+
+void StepPlan::legion_serialize(void *buffer) const {
+  std::vector<uint8_t> out;
+  Writer w{out};
+  w.pod<uint64_t>(batches.size());
+  for (const std::vector<uint8_t> &b : batches) w.vec(b);
+  std::memcpy(buffer, out.data(), out.size());
+}
+
+void StepPlan::legion_deserialize(const void *buffer) {
+  // Sizes are self-describing; the reader trusts the buffer Legion hands back.
+  const uint8_t *p = static_cast<const uint8_t *>(buffer);
+  Reader r{p, p + (size_t(1) << 40)};
+  batches.resize(r.pod<uint64_t>());
+  for (std::vector<uint8_t> &b : batches) b = r.vec<uint8_t>();
 }
 
 }  // namespace ffspec

@@ -46,14 +46,21 @@ struct StepBatch {
 
   std::vector<uint8_t> serialize() const;
   static StepBatch deserialize(const void *data, size_t size);
-  // The token count of a serialized batch, read from its header (no full deserialization).
+  // A serialized batch's model and token count, read from its header (no full deserialization).
+  static int32_t serialized_model_id(const void *data, size_t size);
   static size_t serialized_num_tokens(const void *data, size_t size);
 };
 
-// A step's batch travelling as a future's value (the pipelined driver: a prepare task
-// produces it, the step task launched before it ran consumes it).
-struct BatchBlob {
-  std::vector<uint8_t> bytes;  // StepBatch::serialize()
+// The batches of one step (one per model that runs in it: a plain model, or a speculative
+// LLM or its SSMs drafting), travelling as a future's value: the pipelined driver's prepare
+// task makes it, and each of the step tasks launched before it ran (one per model of the
+// chain) takes its own batch from it.
+struct StepPlan {
+  std::vector<std::vector<uint8_t>> batches;  // StepBatch::serialize() each, in next_steps() order
+
+  // Model model_id's serialized batch, or nullptr when this step does not run that model.
+  const std::vector<uint8_t> *find(int32_t model_id) const;
+  size_t num_tokens() const;  // over all batches, read from their headers
 
   size_t legion_buffer_size() const;
   void legion_serialize(void *buffer) const;

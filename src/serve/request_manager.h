@@ -69,6 +69,8 @@ class RequestManager {
   virtual std::vector<StepBatch> next_steps();
   virtual void update(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results);
   virtual void fail_steps(const std::vector<StepBatch> &batches, const std::string &why);
+  // Every model whose batches next_steps() may return (this one first).
+  virtual std::vector<int> model_ids() const { return {model_id_}; }
 
   // Validates and queues; throws ffspec::Error(FFS_ERR_INVALID_ARGUMENT) naming the problem.
   uint64_t submit(const std::vector<int32_t> &prompt, const RequestParams &params);

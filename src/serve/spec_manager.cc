@@ -247,6 +247,12 @@ StepBatch SpecManager::verify_step_locked() {
   return b;
 }
 
+std::vector<int> SpecManager::model_ids() const {
+  std::vector<int> ids{llm_.model_id};
+  for (const SpecModel &s : ssms_) ids.push_back(s.model_id);
+  return ids;
+}
+
 std::vector<StepBatch> SpecManager::next_steps() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!drafting_) start_round_locked();

@@ -34,6 +34,7 @@ class SpecManager : public RequestManager {
   std::vector<StepBatch> next_steps() override;
   void update(const std::vector<StepBatch> &batches, const std::vector<StepResult> &results) override;
   void fail_steps(const std::vector<StepBatch> &batches, const std::string &why) override;
+  std::vector<int> model_ids() const override;
 
  private:
   struct Round {
