@@ -4,7 +4,9 @@ not (built without CUDA, or without cuBLAS headers) or when the program finds no
   inputs each run;
 - tests/cpp/test_gpu_forward.cu: GpuLlama against llama_forward_cpu on tiny random models
   (prefill, decode, tree verification, KV commits), fp32/fp16/bf16;
-and, where ff.gpu_info() sees a GPU, the Python suites again with the models on the GPU
+the same two programs built over the CPU emulation of CUDA (src/kernels/gpu/emu:
+test_gpu_kernels_emu, test_gpu_forward_emu), which run on every machine, CI included, with
+the cases scaled down; and, where ff.gpu_info() sees a GPU, the Python suites again with the models on the GPU
 (FFS_TEST_NUM_GPUS=1): greedy token equality with transformers and with the CPU references,
 speculative == incremental, the sampling and MSS distribution tests, the error paths."""
 
@@ -41,6 +43,28 @@ def test_gpu_program(name, env_var, min_checks):
         assert out.returncode == 0, text
         reason = re.search(r"SKIP: no GPU \((.*)\)", out.stdout)
         pytest.skip(f"no GPU on this machine ({reason.group(1) if reason else 'none found'})")
+    assert out.returncode == 0 and int(m.group(2)) == 0, text
+    assert int(m.group(1)) >= min_checks, text
+
+
+# The emulated builds of the same programs: the kernels' logic on the CPU, on every machine
+# (the minimum counts are lower: test_gpu_kernels skips its M = 128 GEMMs there).
+EMULATED = [("test_gpu_kernels_emu", "FFS_GPU_KERNEL_EMU_TEST", 200),
+            ("test_gpu_forward_emu", "FFS_GPU_FORWARD_EMU_TEST", 500)]
+
+
+@pytest.mark.parametrize("name,env_var,min_checks", EMULATED, ids=[p[0] for p in EMULATED])
+def test_gpu_program_on_the_emulator(name, env_var, min_checks):
+    env = os.environ.get(env_var)
+    exe = Path(env) if env else next(iter(sorted(ROOT.glob(f"build*/**/tests/cpp/{name}"))), None)
+    if exe is None:
+        pytest.skip(f"no {name} under build*/: the emulator is built with the GPU kernels and cuBLAS's headers "
+                    "(nvcc present, FFS_GPU_EMU=ON)")
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
+    text = out.stdout[-6000:] + out.stderr[-3000:]
+    m = re.search(r"(\d+) passed, (\d+) failed", out.stdout)
+    assert m, text
+    assert "SKIP" not in out.stdout, text
     assert out.returncode == 0 and int(m.group(2)) == 0, text
     assert int(m.group(1)) >= min_checks, text
 

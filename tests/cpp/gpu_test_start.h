@@ -21,5 +21,8 @@ inline bool gpu_test_start(int argc, char **argv, std::mt19937_64 &rng) {
     std::printf("SKIP: no GPU (%s)\n", e != gpuSuccess ? gpuGetErrorString(e) : "no device found");
     return false;
   }
+#ifdef FFS_GPU_EMU
+  std::printf("device: the CPU emulation of CUDA (src/kernels/gpu/emu), cases scaled down\n");
+#endif
   return true;
 }

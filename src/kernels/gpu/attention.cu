@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
                      const int32_t *__restrict__ tree_base, const uint64_t *__restrict__ tree_mask, int T_, int bq,
                      T *__restrict__ out, float scale, int row_chunks, int kv_splits, float *__restrict__ partial) {
   using S = AttnShape<D>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  FFS_DYNAMIC_SMEM(smem);
   uint64_t *s_mask = reinterpret_cast<uint64_t *>(smem);
   int *s_tok = reinterpret_cast<int *>(s_mask + kRows);
   int *s_head = s_tok + kRows, *s_plen = s_head + kRows, *s_base = s_plen + kRows;

@@ -10,7 +10,7 @@ template <typename T>
 __global__ void __launch_bounds__(kSampleThreads)
     warped_probs_kernel(const T *logits, int64_t ld, const int32_t *rows, int vocab, const SampleParams *params,
                         float *probs) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  FFS_DYNAMIC_SMEM(smem);
   PlanSmem &s = *reinterpret_cast<PlanSmem *>(smem);
   const T *row = logits + static_cast<int64_t>(rows[blockIdx.x]) * ld;
   const SampleParams sp = params[blockIdx.x];

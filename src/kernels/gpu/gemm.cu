@@ -247,7 +247,7 @@ BlasStatus linear(Blas *b, const void *x, const void *w, const void *bias, void 
   // after it; both only when the stream changes.
   cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
   if (!b->stream_set || b->stream != stream) {
-    s = api.set_stream(b->handle, stream);
+    s = api.set_stream(b->handle, reinterpret_cast<cudaStream_t>(stream));
     if (s == CUBLAS_STATUS_SUCCESS && b->workspace) s = api.set_workspace(b->handle, b->workspace, b->opts.workspace_bytes);
     b->stream_set = s == CUBLAS_STATUS_SUCCESS;
     b->stream = stream;

@@ -3,7 +3,13 @@
 // through kernels.h; device code also gets the conversions and warp reductions below.
 #pragma once
 
-#if defined(FFS_HIP) || defined(__HIP_PLATFORM_AMD__)
+#if defined(FFS_GPU_EMU)
+// The CPU emulator (kernels/gpu/emu): the same sources compiled as C++ for the tests.
+#include "kernels/gpu/emu/gpu_emu.h"
+#define FFS_SHFL_XOR(v, m) ::ffspec::emu::shfl_xor((v), (m))
+#define FFS_SHFL_UP(v, d) ::ffspec::emu::shfl_up((v), (d))
+#define FFS_WARP_SIZE 32
+#elif defined(FFS_HIP) || defined(__HIP_PLATFORM_AMD__)
 #include <hip/hip_bf16.h>
 #include <hip/hip_fp16.h>
 #include <hip/hip_runtime.h>
@@ -121,10 +127,18 @@ using gpuDeviceProp_t = cudaDeviceProp;
 #define FFS_WARP_SIZE 32
 #endif
 
-// Kernel launches go through this macro so the syntax lives in one place.
+// Kernel launches go through this macro so the syntax lives in one place. The kernel's dynamic
+// shared memory is declared with FFS_DYNAMIC_SMEM(name): 16-byte aligned bytes.
+#if defined(FFS_GPU_EMU)
+#define FFS_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::ffspec::emu::launch(kernel, #kernel " (" __FILE__ ")", (grid), (block), (smem), (stream), __VA_ARGS__)
+#define FFS_DYNAMIC_SMEM(name) unsigned char *const name = ::ffspec::emu::dynamic_smem()
+#else
 #define FFS_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#define FFS_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
+#if defined(__CUDACC__) || defined(__HIPCC__) || defined(FFS_GPU_EMU)
 namespace ffspec::gpu {
 
 // Element type <-> fp32. Every kernel computes in fp32 and rounds once on store.

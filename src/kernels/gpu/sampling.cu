@@ -47,7 +47,7 @@ __device__ int draw_untruncated(const T *row, int vocab, float inv_t, double u, 
 template <typename T>
 __global__ void __launch_bounds__(kSampleThreads)
     sample_kernel(const T *logits, int64_t ld, int vocab, const SampleParams *params, int32_t *out) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  FFS_DYNAMIC_SMEM(smem);
   PlanSmem &s = *reinterpret_cast<PlanSmem *>(smem);
   const T *row = logits + blockIdx.x * ld;
   const SampleParams sp = params[blockIdx.x];
