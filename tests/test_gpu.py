@@ -29,22 +29,30 @@ PROGRAMS = [("test_gpu_kernels", "FFS_GPU_KERNEL_TEST", 90),
             ("test_gpu_forward", "FFS_GPU_FORWARD_TEST", 500)]  # 2 models x 3 dtypes x graphs on/off, ~50 each
 
 
-@pytest.mark.parametrize("name,env_var,min_checks", PROGRAMS, ids=[p[0] for p in PROGRAMS])
-def test_gpu_program(name, env_var, min_checks):
+def run_program(name: str, env_var: str, missing: str, timeout: int):
+    """Runs tests/cpp program `name` ($env_var, else the first build*/ that has it; skips with
+    `missing` when none does). Returns the run, its output's tail and its (passed, failed) counts."""
     env = os.environ.get(env_var)
     exe = Path(env) if env else next(iter(sorted(ROOT.glob(f"build*/**/tests/cpp/{name}"))), None)
     if exe is None:
-        pytest.skip(f"built without CUDA: no {name} under build*/ (configure with nvcc present, FFS_GPU=AUTO)")
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
-    text = out.stdout + out.stderr
+        pytest.skip(f"no {name} under build*/: {missing}")
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout)
+    text = out.stdout[-6000:] + out.stderr[-3000:]
     m = re.search(r"(\d+) passed, (\d+) failed", out.stdout)
     assert m, text
+    return out, text, int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("name,env_var,min_checks", PROGRAMS, ids=[p[0] for p in PROGRAMS])
+def test_gpu_program(name, env_var, min_checks):
+    out, text, passed, failed = run_program(name, env_var, "built without CUDA (configure with nvcc present, "
+                                            "FFS_GPU=AUTO)", 600)
     if "SKIP: no GPU" in out.stdout:
         assert out.returncode == 0, text
         reason = re.search(r"SKIP: no GPU \((.*)\)", out.stdout)
         pytest.skip(f"no GPU on this machine ({reason.group(1) if reason else 'none found'})")
-    assert out.returncode == 0 and int(m.group(2)) == 0, text
-    assert int(m.group(1)) >= min_checks, text
+    assert out.returncode == 0 and failed == 0, text
+    assert passed >= min_checks, text
 
 
 # The emulated builds of the same programs: the kernels' logic on the CPU, on every machine
@@ -55,18 +63,11 @@ EMULATED = [("test_gpu_kernels_emu", "FFS_GPU_KERNEL_EMU_TEST", 200),
 
 @pytest.mark.parametrize("name,env_var,min_checks", EMULATED, ids=[p[0] for p in EMULATED])
 def test_gpu_program_on_the_emulator(name, env_var, min_checks):
-    env = os.environ.get(env_var)
-    exe = Path(env) if env else next(iter(sorted(ROOT.glob(f"build*/**/tests/cpp/{name}"))), None)
-    if exe is None:
-        pytest.skip(f"no {name} under build*/: the emulator is built with the GPU kernels and cuBLAS's headers "
-                    "(nvcc present, FFS_GPU_EMU=ON)")
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
-    text = out.stdout[-6000:] + out.stderr[-3000:]
-    m = re.search(r"(\d+) passed, (\d+) failed", out.stdout)
-    assert m, text
+    out, text, passed, failed = run_program(name, env_var, "the emulator is built with the GPU kernels and "
+                                            "cuBLAS's headers (nvcc present, FFS_GPU_EMU=ON)", 900)
     assert "SKIP" not in out.stdout, text
-    assert out.returncode == 0 and int(m.group(2)) == 0, text
-    assert int(m.group(1)) >= min_checks, text
+    assert out.returncode == 0 and failed == 0, text
+    assert passed >= min_checks, text
 
 
 # The suites whose assertions must hold unchanged on the GPU backend.
