@@ -147,17 +147,25 @@ StepResult idle_step() {
   return r;
 }
 
+// A step task's batch and model (both variants); nullptr when its plan does not run the model.
+ModelHandle *step_input(const Task *task, StepBatch *b) {
+  bool absent;
+  *b = batch_of(task, &absent);
+  if (absent) return nullptr;
+  ModelHandle *m = lookup(b->model_id);
+  FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
+  return m;
+}
+
 // ---- the step task -----------------------------------------------------------------------
 
 StepResult run_step(const Task *task, const std::vector<PhysicalRegion> &regions) {
   use_all_process_cpus();
   const auto t0 = std::chrono::steady_clock::now();
   const double start = now_us();
-  bool absent;
-  StepBatch b = batch_of(task, &absent);
-  if (absent) return idle_step();
-  ModelHandle *m = lookup(b.model_id);
-  FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
+  StepBatch b;
+  ModelHandle *m = step_input(task, &b);
+  if (!m) return idle_step();
   const FieldAccessor<LEGION_READ_ONLY, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> w(regions[0], FID_DATA);
   const FieldAccessor<LEGION_READ_WRITE, float, 1, coord_t, Realm::AffineAccessor<float, 1, coord_t>> kv(regions[1], FID_DATA);
   ModelView view{&m->config, &m->layout, m->inv_freq.data(), w.ptr(Point<1>(0)), kv.ptr(Point<1>(0)),
@@ -310,11 +318,9 @@ void *task_stream() {
 StepResult gpu_step_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
   try {
     const double start = now_us();
-    bool absent;
-    StepBatch b = batch_of(task, &absent);
-    if (absent) return idle_step();
-    ModelHandle *m = lookup(b.model_id);
-    FFS_CHECK(m, FFS_ERR_INTERNAL, "step for an unknown model");
+    StepBatch b;
+    ModelHandle *m = step_input(task, &b);
+    if (!m) return idle_step();
     const size_t es = engine_gpu::storage_bytes(m->data_type);
     StepResult r = engine_gpu::step(m, task_device(task), b, instance_base<LEGION_READ_ONLY>(regions[0], es),
                                     instance_base<LEGION_READ_WRITE>(regions[1], es), task_stream());
