@@ -6,9 +6,12 @@ not (built without CUDA, or without cuBLAS headers) or when the program finds no
   (prefill, decode, tree verification, KV commits), fp32/fp16/bf16;
 the same two programs built over the CPU emulation of CUDA (src/kernels/gpu/emu:
 test_gpu_kernels_emu, test_gpu_forward_emu), which run on every machine, CI included, with
-the cases scaled down; and, where ff.gpu_info() sees a GPU, the Python suites again with the models on the GPU
-(FFS_TEST_NUM_GPUS=1): greedy token equality with transformers and with the CPU references,
-speculative == incremental, the sampling and MSS distribution tests, the error paths."""
+the cases scaled down, once as an H100 (32-lane warps) and once as the AMD GPU a HIP build
+targets (_wave64: 64-lane wavefronts, 64 KiB of LDS per block); the HIP compile check's
+objects, where hipcc was installed; and, where ff.gpu_info() sees a GPU, the Python suites
+again with the models on the GPU (FFS_TEST_NUM_GPUS=1): greedy token equality with
+transformers and with the CPU references, speculative == incremental, the sampling and MSS
+distribution tests, the error paths."""
 
 from __future__ import annotations
 
@@ -60,18 +63,44 @@ def test_gpu_program(name, env_var, min_checks):
 # with a fixed seed (FFS_GPU_EMU_SEED, default 1), so CI is repeatable; run the programs
 # without an argument for fresh inputs. One failure in about 15 runs with clock seeds was seen
 # once (its output was lost) and is not explained yet: docs/gpu_kernels.md.
-EMULATED = [("test_gpu_kernels_emu", "FFS_GPU_KERNEL_EMU_TEST", 200),
-            ("test_gpu_forward_emu", "FFS_GPU_FORWARD_EMU_TEST", 500)]
+# The _wave64 builds run the HIP code paths (FFS_WARP_SIZE 64, attention tiles sized for 64 KiB).
+EMULATED = [("test_gpu_kernels_emu", "FFS_GPU_KERNEL_EMU_TEST", 200, 32),
+            ("test_gpu_forward_emu", "FFS_GPU_FORWARD_EMU_TEST", 500, 32),
+            ("test_gpu_kernels_emu_wave64", "FFS_GPU_KERNEL_EMU64_TEST", 200, 64),
+            ("test_gpu_forward_emu_wave64", "FFS_GPU_FORWARD_EMU64_TEST", 500, 64)]
 
 
-@pytest.mark.parametrize("name,env_var,min_checks", EMULATED, ids=[p[0] for p in EMULATED])
-def test_gpu_program_on_the_emulator(name, env_var, min_checks):
+@pytest.mark.parametrize("name,env_var,min_checks,warp", EMULATED, ids=[p[0] for p in EMULATED])
+def test_gpu_program_on_the_emulator(name, env_var, min_checks, warp):
     seed = os.environ.get("FFS_GPU_EMU_SEED", "1")
     out, text, passed, failed = run_program(name, env_var, "the emulator is built with the GPU kernels and "
                                             "cuBLAS's headers (nvcc present, FFS_GPU_EMU=ON)", 900, (seed,))
     assert "SKIP" not in out.stdout, text
+    assert f"warp size {warp}," in out.stdout, text  # the device profile the program was built for
     assert out.returncode == 0 and failed == 0, text
     assert passed >= min_checks, text
+
+
+# The HIP compile check (src/CMakeLists.txt, FFS_HIP_CHECK): where hipcc was installed at build
+# time, every kernel source was compiled for AMD GPUs with -Wall -Wextra -Werror; each object
+# must carry a code object for every target of FFS_HIP_ARCHS.
+HIP_KERNELS = ["attention", "draft_probs", "embedding", "kv_commit", "rms_norm", "rope", "sampling", "swiglu"]
+
+
+def test_kernels_compile_for_amd_gpus():
+    hip_dirs = sorted(p for p in ROOT.glob("build*/src/hip") if p.is_dir())
+    if not hip_dirs:
+        pytest.skip("no HIP compile check in the build: hipcc was not installed when it was configured "
+                    "(apt-get install hipcc; FFS_HIP_CHECK=AUTO)")
+    build = hip_dirs[0].parents[1]
+    cache = (build / "CMakeCache.txt").read_text()
+    archs = re.search(r"^FFS_HIP_ARCHS:STRING=(.*)$", cache, re.M).group(1).split(";")
+    for name in HIP_KERNELS:
+        obj = hip_dirs[0] / f"{name}.o"
+        assert obj.is_file(), f"{obj} missing: the HIP compile check did not build it"
+        data = obj.read_bytes()
+        for arch in archs:
+            assert f"amdgcn-amd-amdhsa--{arch}".encode() in data, f"{obj} has no code object for {arch}"
 
 
 # The suites whose assertions must hold unchanged on the GPU backend.

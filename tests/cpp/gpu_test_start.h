@@ -21,8 +21,15 @@ inline bool gpu_test_start(int argc, char **argv, std::mt19937_64 &rng) {
     std::printf("SKIP: no GPU (%s)\n", e != gpuSuccess ? gpuGetErrorString(e) : "no device found");
     return false;
   }
+  gpuDeviceProp_t prop{};
+  if (gpuGetDeviceProperties(&prop, 0) == gpuSuccess)
+    std::printf("device: %s, warp size %d, shared memory per block %d KiB%s\n", prop.name, FFS_WARP_SIZE,
+                FFS_MAX_SMEM_BYTES >> 10,
 #ifdef FFS_GPU_EMU
-  std::printf("device: the CPU emulation of CUDA (src/kernels/gpu/emu), cases scaled down\n");
+                " (src/kernels/gpu/emu; cases scaled down)"
+#else
+                ""
 #endif
+    );
   return true;
 }

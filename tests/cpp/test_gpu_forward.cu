@@ -39,8 +39,8 @@ std::mt19937_64 rng;
 const char *dname(DType dt) { return dt == DType::F32 ? "f32" : dt == DType::F16 ? "f16" : "bf16"; }
 
 float round_to(float x, DType dt) {
-  if (dt == DType::F16) return __half2float(__float2half_rn(x));
-  if (dt == DType::BF16) return __bfloat162float(__float2bfloat16_rn(x));
+  if (dt == DType::F16) return gpu_half2float(gpu_float2half(x));
+  if (dt == DType::BF16) return gpu_bf162float(gpu_float2bf16(x));
   return x;
 }
 

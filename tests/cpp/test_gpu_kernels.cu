@@ -72,10 +72,10 @@ std::vector<uint8_t> encode(const std::vector<float> &x, DType dt) {
     if (dt == DType::F32) {
       std::memcpy(&b[4 * i], &x[i], 4);
     } else if (dt == DType::F16) {
-      const gpu_half h = __float2half_rn(x[i]);
+      const gpu_half h = gpu_float2half(x[i]);
       std::memcpy(&b[2 * i], &h, 2);
     } else {
-      const gpu_bf16 h = __float2bfloat16_rn(x[i]);
+      const gpu_bf16 h = gpu_float2bf16(x[i]);
       std::memcpy(&b[2 * i], &h, 2);
     }
   }
@@ -90,11 +90,11 @@ std::vector<float> decode(const std::vector<uint8_t> &b, DType dt) {
     } else if (dt == DType::F16) {
       gpu_half h;
       std::memcpy(&h, &b[2 * i], 2);
-      x[i] = __half2float(h);
+      x[i] = gpu_half2float(h);
     } else {
       gpu_bf16 h;
       std::memcpy(&h, &b[2 * i], 2);
-      x[i] = __bfloat162float(h);
+      x[i] = gpu_bf162float(h);
     }
   }
   return x;

@@ -11,8 +11,13 @@
 //   slot's cache positions [0, kv_end) in tiles of kBkv keys, where kv_end covers the
 //   longest prefix and the highest tree position of its rows; each (row, key) pair is
 //   masked by the CPU kernel's visibility rule (prefix, or a set bit of the tree mask).
-//   Per K/V tile: one warp per row computes its kBkv scores (lane = key) and updates m, l;
-//   then each thread owns one output column d for kRows / (threads / D) rows, in registers.
+//   Per K/V tile: a group of `keys` lanes per row computes the tile's scores (lane = key) and
+//   updates m, l (a warp holds warp size / keys such groups: one on NVIDIA, two or four in a
+//   64-lane AMD wavefront); then each thread owns one output column d for rows / (threads / D)
+//   rows, in registers.
+//   The tile sizes (rows per block, keys per tile) are the largest that fit the vendor's
+//   shared memory per block: 32 x 32 everywhere on NVIDIA; on AMD (64 KiB of LDS) 16 x 16 for
+//   head dim 256.
 #include <algorithm>
 
 #include "kernels/gpu/dispatch.cuh"
@@ -21,22 +26,39 @@ namespace ffspec::gpu {
 
 namespace {
 
-constexpr int kRows = 32;             // query rows per block
-constexpr int kBkv = FFS_WARP_SIZE;   // keys per tile: one per lane in the score step
-constexpr int kMinSplitKeys = 128;    // split-KV: no range shorter than this (of max_seq)
+constexpr int kMinSplitKeys = 128;  // split-KV: no range shorter than this (of max_seq)
 constexpr int kMaxSplits = 32;
+
+// Shared memory of a block with R query rows and K keys per tile, head dim D: masks (u64),
+// ints, then floats (q rows, the K tile padded, the V tile, the tile's probabilities, m/l/alpha).
+constexpr size_t attn_smem_bytes(int D, int R, int K) {
+  return R * sizeof(uint64_t) + 4 * R * sizeof(int) +
+         (size_t(R) * D + size_t(K) * (D + 1) + size_t(K) * D + size_t(R) * (K + 1) + 3 * size_t(R)) * sizeof(float);
+}
+constexpr bool attn_fits(int D, int R, int K) { return K <= FFS_WARP_SIZE && attn_smem_bytes(D, R, K) <= FFS_MAX_SMEM_BYTES; }
 
 template <int D>
 struct AttnShape {
   static constexpr int threads = D > 128 ? D : 128;
-  static constexpr int phases = threads / D;        // row groups in the PV step
-  static constexpr int rows_per_thread = kRows / phases;
+  // Query rows per block and keys per tile: 32 x 32 where it fits, else 16 x 32, else 16 x 16.
+  static constexpr int rows = attn_fits(D, 32, 32) ? 32 : 16;
+  static constexpr int keys = attn_fits(D, rows, 32) ? 32 : 16;
+  static_assert(attn_fits(D, rows, keys), "attention tiles do not fit the vendor's shared memory");
+  static constexpr int phases = threads / D;  // row groups in the PV step
+  static constexpr int rows_per_thread = rows / phases;
   static constexpr int warps = threads / FFS_WARP_SIZE;
-  // Shared memory, in this order: masks (u64), ints, then floats.
-  static constexpr size_t floats = size_t(kRows) * D + size_t(kBkv) * (D + 1) + size_t(kBkv) * D +
-                                   size_t(kRows) * (kBkv + 1) + 3 * kRows;
-  static constexpr size_t bytes = kRows * sizeof(uint64_t) + 4 * kRows * sizeof(int) + floats * sizeof(float);
+  static constexpr int rows_per_warp = FFS_WARP_SIZE / keys;  // key groups in a warp, one row each
+  static constexpr size_t bytes = attn_smem_bytes(D, rows, keys);
 };
+
+int attn_rows(int head_dim) {
+  switch (head_dim) {
+    case 32: return AttnShape<32>::rows;
+    case 64: return AttnShape<64>::rows;
+    case 128: return AttnShape<128>::rows;
+    default: return AttnShape<256>::rows;
+  }
+}
 
 __device__ __forceinline__ bool visible(int p, int plen, int base, uint64_t mask) {
   if (p < plen) return true;
@@ -52,6 +74,7 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
                      const int32_t *__restrict__ tree_base, const uint64_t *__restrict__ tree_mask, int T_, int bq,
                      T *__restrict__ out, float scale, int row_chunks, int kv_splits, float *__restrict__ partial) {
   using S = AttnShape<D>;
+  constexpr int kRows = S::rows, kBkv = S::keys;
   FFS_DYNAMIC_SMEM(smem);
   uint64_t *s_mask = reinterpret_cast<uint64_t *>(smem);
   int *s_tok = reinterpret_cast<int *>(s_mask + kRows);
@@ -125,28 +148,34 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
         s_v[j * D + i] = in ? to_f32(cache_v[at]) : 0.0f;
       }
       __syncthreads();
-      // Scores and the online-softmax update: one warp per row, one key per lane.
-      for (int r = warp; r < nrows; r += S::warps) {
-        const int t = s_tok[r];
-        const int p = p0 + lane;
+      // Scores and the online-softmax update: a group of kBkv lanes per row, one key per lane.
+      // The loop bound is the same for the whole warp (its shuffles need every lane); a group
+      // past the last row computes nothing and stores nothing.
+      for (int rw = warp * S::rows_per_warp; rw < nrows; rw += S::warps * S::rows_per_warp) {
+        const int r = rw + lane / kBkv, key = lane % kBkv;
+        const bool row_ok = r < nrows;
+        const int t = row_ok ? s_tok[r] : -1;
+        const int p = p0 + key;
         float s = -INFINITY;
-        if (t >= seg && t < seg_end && p < p_end && visible(p, s_plen[r], s_base[r], s_mask[r])) {
-          const float *qr = s_q + r * D, *kr = s_k + lane * (D + 1);
+        if (row_ok && t >= seg && t < seg_end && p < p_end && visible(p, s_plen[r], s_base[r], s_mask[r])) {
+          const float *qr = s_q + r * D, *kr = s_k + key * (D + 1);
           float acc = 0.0f;
 #pragma unroll 8
           for (int i = 0; i < D; i++) acc += qr[i] * kr[i];
           s = acc;
         }
-        const float m_old = s_m[r];
-        const float m_new = fmaxf(m_old, warp_max(s));
+        const float m_old = row_ok ? s_m[r] : -INFINITY;
+        const float m_new = fmaxf(m_old, warp_max<kBkv>(s));
         const float pj = m_new == -INFINITY ? 0.0f : expf(s - m_new);
         const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-        const float psum = warp_sum(pj);
-        s_p[r * (kBkv + 1) + lane] = pj;
-        if (lane == 0) {
-          s_m[r] = m_new;
-          s_l[r] = s_l[r] * alpha + psum;
-          s_alpha[r] = alpha;
+        const float psum = warp_sum<kBkv>(pj);
+        if (row_ok) {
+          s_p[r * (kBkv + 1) + key] = pj;
+          if (key == 0) {
+            s_m[r] = m_new;
+            s_l[r] = s_l[r] * alpha + psum;
+            s_alpha[r] = alpha;
+          }
         }
       }
       __syncthreads();
@@ -215,10 +244,10 @@ struct AttnGrid {
   long long blocks;
 };
 AttnGrid attn_grid(const AttentionArgs &a) {
-  const int group = a.n_heads / a.n_kv_heads;
+  const int group = a.n_heads / a.n_kv_heads, rows = attn_rows(a.head_dim);
   int bq = 1;
-  if (group < kRows) bq = max(1, min(a.tokens_per_slot_hint, kRows / group));
-  const int chunks = static_cast<int>(ceil_div(static_cast<long long>(bq) * group, kRows));
+  if (group < rows) bq = max(1, min(a.tokens_per_slot_hint, rows / group));
+  const int chunks = static_cast<int>(ceil_div(static_cast<long long>(bq) * group, rows));
   return {bq, chunks, static_cast<long long>(ceil_div(a.T, bq)) * a.n_kv_heads * chunks};
 }
 
@@ -251,7 +280,7 @@ int attention_auto_splits(const AttentionArgs &a) {
     int dev = 0, n = 0;
     if (gpuGetDevice(&dev) != gpuSuccess || gpuDeviceGetAttribute(&n, gpuDevAttrMultiProcessorCount, dev) != gpuSuccess)
       n = 0;
-    gpuGetLastError();
+    (void)gpuGetLastError();  // clear the error the failed query set
     return n > 0 ? n : 108;
   }();
   const long long blocks = attn_grid(a).blocks;

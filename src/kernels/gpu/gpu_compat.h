@@ -8,15 +8,31 @@
 #include "kernels/gpu/emu/gpu_emu.h"
 #define FFS_SHFL_XOR(v, m) ::ffspec::emu::shfl_xor((v), (m))
 #define FFS_SHFL_UP(v, d) ::ffspec::emu::shfl_up((v), (d))
-#define FFS_WARP_SIZE 32
-#elif defined(FFS_HIP) || defined(__HIP_PLATFORM_AMD__)
-#include <hip/hip_bf16.h>
+#define gpu_float2half __float2half_rn
+#define gpu_half2float __half2float
+#define gpu_float2bf16 __float2bfloat16_rn
+#define gpu_bf162float __bfloat162float
+#define FFS_WARP_SIZE FFS_GPU_EMU_WARP_SIZE
+#define FFS_MAX_SMEM_BYTES FFS_GPU_EMU_SMEM_MAX
+#elif defined(FFS_HIP) || defined(__HIP_PLATFORM_AMD__) || defined(__HIP__)
 #include <hip/hip_fp16.h>
 #include <hip/hip_runtime.h>
 using gpuStream_t = hipStream_t;
 using gpuError_t = hipError_t;
 using gpu_half = __half;
+#define gpu_float2half __float2half_rn
+#define gpu_half2float __half2float
+#if __has_include(<hip/hip_bf16.h>)  // ROCm >= 5.7: CUDA-like __hip_bfloat16
+#include <hip/hip_bf16.h>
 using gpu_bf16 = __hip_bfloat16;
+#define gpu_float2bf16 __float2bfloat16  // round to nearest even
+#define gpu_bf162float __bfloat162float
+#else  // older ROCm (Debian 12's 5.2): hip_bfloat16, whose float constructor rounds to nearest even
+#include <hip/hip_bfloat16.h>
+using gpu_bf16 = hip_bfloat16;
+#define gpu_float2bf16(x) hip_bfloat16(static_cast<float>(x))
+#define gpu_bf162float(x) static_cast<float>(x)
+#endif
 #define gpuSuccess hipSuccess
 #define gpuErrorInvalidValue hipErrorInvalidValue
 #define gpuGetLastError hipGetLastError
@@ -66,7 +82,13 @@ using gpuGraphExec_t = hipGraphExec_t;
 using gpuDeviceProp_t = hipDeviceProp_t;
 #define FFS_SHFL_XOR(v, m) __shfl_xor((v), (m))
 #define FFS_SHFL_UP(v, d) __shfl_up((v), (d))
-#define FFS_WARP_SIZE 64  // CDNA wavefront
+// CDNA (MI200 gfx90a, MI300 gfx94x) runs 64-lane wavefronts. RDNA defaults to 32 lanes: build
+// for it with -mwavefrontsize64, or this stops the device compilation.
+#if defined(__AMDGCN_WAVEFRONT_SIZE) && __AMDGCN_WAVEFRONT_SIZE != 64
+#error "flexflow_spec's HIP kernels assume 64-lane wavefronts (CDNA); compile RDNA targets with -mwavefrontsize64"
+#endif
+#define FFS_WARP_SIZE 64                // CDNA wavefront
+#define FFS_MAX_SMEM_BYTES (64 << 10)  // LDS per workgroup on CDNA (MI200/MI300)
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -75,6 +97,10 @@ using gpuStream_t = cudaStream_t;
 using gpuError_t = cudaError_t;
 using gpu_half = __half;
 using gpu_bf16 = __nv_bfloat16;
+#define gpu_float2half __float2half_rn
+#define gpu_half2float __half2float
+#define gpu_float2bf16 __float2bfloat16_rn
+#define gpu_bf162float __bfloat162float
 #define gpuSuccess cudaSuccess
 #define gpuErrorInvalidValue cudaErrorInvalidValue
 #define gpuGetLastError cudaGetLastError
@@ -125,6 +151,7 @@ using gpuDeviceProp_t = cudaDeviceProp;
 #define FFS_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
 #define FFS_SHFL_UP(v, d) __shfl_up_sync(0xffffffffu, (v), (d))
 #define FFS_WARP_SIZE 32
+#define FFS_MAX_SMEM_BYTES (227 << 10)  // sm_90's opt-in maximum per block (gpuFuncSetAttribute)
 #endif
 
 // Kernel launches go through this macro so the syntax lives in one place. The kernel's dynamic
@@ -143,8 +170,8 @@ namespace ffspec::gpu {
 
 // Element type <-> fp32. Every kernel computes in fp32 and rounds once on store.
 __device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(gpu_half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(gpu_bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(gpu_half x) { return gpu_half2float(x); }
+__device__ __forceinline__ float to_f32(gpu_bf16 x) { return gpu_bf162float(x); }
 template <typename T>
 __device__ __forceinline__ T from_f32(float x);
 template <>
@@ -153,19 +180,25 @@ __device__ __forceinline__ float from_f32<float>(float x) {
 }
 template <>
 __device__ __forceinline__ gpu_half from_f32<gpu_half>(float x) {
-  return __float2half_rn(x);
+  return gpu_float2half(x);
 }
 template <>
 __device__ __forceinline__ gpu_bf16 from_f32<gpu_bf16>(float x) {
-  return __float2bfloat16_rn(x);
+  return gpu_float2bf16(x);
 }
 
+// Sum / max over each aligned group of W lanes (default: the whole warp); every lane gets its
+// group's result. Every lane of the warp must call it (the shuffles are warp-wide).
+template <int W = FFS_WARP_SIZE>
 __device__ __forceinline__ float warp_sum(float v) {
-  for (int m = FFS_WARP_SIZE / 2; m > 0; m >>= 1) v += FFS_SHFL_XOR(v, m);
+  static_assert(W > 0 && W <= FFS_WARP_SIZE && (W & (W - 1)) == 0, "a power-of-two part of a warp");
+  for (int m = W / 2; m > 0; m >>= 1) v += FFS_SHFL_XOR(v, m);
   return v;
 }
+template <int W = FFS_WARP_SIZE>
 __device__ __forceinline__ float warp_max(float v) {
-  for (int m = FFS_WARP_SIZE / 2; m > 0; m >>= 1) v = fmaxf(v, FFS_SHFL_XOR(v, m));
+  static_assert(W > 0 && W <= FFS_WARP_SIZE && (W & (W - 1)) == 0, "a power-of-two part of a warp");
+  for (int m = W / 2; m > 0; m >>= 1) v = fmaxf(v, FFS_SHFL_XOR(v, m));
   return v;
 }
 

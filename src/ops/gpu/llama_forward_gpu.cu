@@ -83,10 +83,10 @@ void encode(const float *x, size_t n, DType dt, void *dst) {
     std::memcpy(dst, x, n * sizeof(float));
   } else if (dt == DType::F16) {
     auto *o = static_cast<gpu_half *>(dst);
-    for (size_t i = 0; i < n; i++) o[i] = __float2half_rn(x[i]);
+    for (size_t i = 0; i < n; i++) o[i] = gpu_float2half(x[i]);
   } else {
     auto *o = static_cast<gpu_bf16 *>(dst);
-    for (size_t i = 0; i < n; i++) o[i] = __float2bfloat16_rn(x[i]);
+    for (size_t i = 0; i < n; i++) o[i] = gpu_float2bf16(x[i]);
   }
 }
 void decode(const void *src, size_t n, DType dt, float *x) {
@@ -94,10 +94,10 @@ void decode(const void *src, size_t n, DType dt, float *x) {
     std::memcpy(x, src, n * sizeof(float));
   } else if (dt == DType::F16) {
     const auto *s = static_cast<const gpu_half *>(src);
-    for (size_t i = 0; i < n; i++) x[i] = __half2float(s[i]);
+    for (size_t i = 0; i < n; i++) x[i] = gpu_half2float(s[i]);
   } else {
     const auto *s = static_cast<const gpu_bf16 *>(src);
-    for (size_t i = 0; i < n; i++) x[i] = __bfloat162float(s[i]);
+    for (size_t i = 0; i < n; i++) x[i] = gpu_bf162float(s[i]);
   }
 }
 

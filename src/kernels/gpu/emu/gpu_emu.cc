@@ -28,10 +28,10 @@ struct FfsEmuEvent {
 namespace ffspec::emu {
 namespace {
 
-constexpr int kWarp = 32;
+constexpr int kWarp = FFS_GPU_EMU_WARP_SIZE;  // the device profile: gpu_emu.h
 constexpr size_t kStack = 128 << 10;
-constexpr size_t kDefaultSmem = 48 << 10, kMaxSmem = 227 << 10;
-constexpr int kSMs = 132;
+constexpr size_t kDefaultSmem = FFS_GPU_EMU_SMEM_DEFAULT, kMaxSmem = FFS_GPU_EMU_SMEM_MAX;
+constexpr int kSMs = FFS_GPU_EMU_SMS;
 
 enum State { kReady, kAtBlock, kAtWarp, kDone };
 
@@ -369,7 +369,8 @@ gpuError_t gpuMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
 gpuError_t gpuGetDeviceProperties(gpuDeviceProp_t *p, int d) {
   if (d != 0) return set_error(gpuErrorInvalidValue);
   std::memset(p, 0, sizeof(*p));
-  std::snprintf(p->name, sizeof(p->name), "flexflow_spec CPU emulator");
+  std::snprintf(p->name, sizeof(p->name), "flexflow_spec CPU emulator (%s)",
+                kWarp == 64 ? "wave64, MI300X-like" : "warp32, H100-like");
   p->multiProcessorCount = kSMs;
   size_t fr;
   gpuMemGetInfo(&fr, &p->totalGlobalMem);

@@ -20,8 +20,13 @@
 //   48 KiB only after gpuFuncSetAttribute raised the kernel's limit (at most 227 KiB).
 // - Fresh device memory and dynamic shared memory are filled with 0xFF bytes (NaN as floats),
 //   so reading what was never written shows up.
-// - One device with 132 multiprocessors (an H100's count, so split-KV decisions are the real
-//   ones).
+// - One device, with one of two profiles fixed when the emulator is compiled:
+//   - default, an H100: 32-lane warps, 48 KiB of dynamic shared memory without opting in and
+//     227 KiB with it, 132 multiprocessors (so split-KV decisions are the real ones);
+//   - FFS_GPU_EMU_WAVE64, an AMD CDNA3 GPU (MI300X) as a HIP build sees it: 64-lane
+//     wavefronts, 64 KiB of LDS per workgroup (the most a kernel can have), 304 compute units.
+//   The kernels see the profile through FFS_WARP_SIZE and FFS_MAX_SMEM_BYTES (gpu_compat.h),
+//   as they do in the CUDA and HIP builds, so the wave64 build runs the HIP code paths.
 #pragma once
 #include <cuda_bf16.h>  // CUDA's own host+device headers: __half, __nv_bfloat16 and their conversions
 #include <cuda_fp16.h>
@@ -36,6 +41,18 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+#if defined(FFS_GPU_EMU_WAVE64)
+#define FFS_GPU_EMU_WARP_SIZE 64
+#define FFS_GPU_EMU_SMEM_DEFAULT (64 << 10)
+#define FFS_GPU_EMU_SMEM_MAX (64 << 10)
+#define FFS_GPU_EMU_SMS 304
+#else
+#define FFS_GPU_EMU_WARP_SIZE 32
+#define FFS_GPU_EMU_SMEM_DEFAULT (48 << 10)
+#define FFS_GPU_EMU_SMEM_MAX (227 << 10)
+#define FFS_GPU_EMU_SMS 132
+#endif
 
 // ---- host API ---------------------------------------------------------------------------
 
