@@ -91,7 +91,47 @@ struct Run {
   Dim3 block_idx, block_dim, grid_dim;
   std::vector<unsigned char> smem;
   std::vector<uint64_t> xchg;  // one exchange slot per thread
+  std::vector<unsigned> warp_order, lane_order;
+  uint64_t rng = 0;  // the shuffled schedule's generator (splitmix64 state)
 };
+
+// The order threads run in between barriers. In order (default): warp 0 first, lanes in
+// order. Shuffled (FFS_GPU_EMU_SCHEDULE=shuffled[:SEED]): a fresh permutation of the warps, and
+// of the lanes of each warp, at every barrier phase. A GPU runs warps in any order and
+// lanes side by side, so a kernel whose result depends on the order (a shared-memory race: a
+// read of what another thread writes in the same phase) can pass in order and fail shuffled.
+struct Schedule {
+  bool shuffled = false;
+  uint64_t seed = 0;
+};
+const Schedule &schedule() {
+  static const Schedule s = [] {
+    Schedule r;
+    const char *e = std::getenv("FFS_GPU_EMU_SCHEDULE");
+    if (!e || !*e || std::strcmp(e, "in-order") == 0) return r;
+    if (std::strncmp(e, "shuffled", 8) != 0 || (e[8] != '\0' && e[8] != ':')) {
+      std::fprintf(stderr, "gpu emulator: FFS_GPU_EMU_SCHEDULE=%s: expected in-order or shuffled[:SEED]\n", e);
+      std::abort();
+    }
+    r.shuffled = true;
+    r.seed = e[8] == ':' ? std::strtoull(e + 9, nullptr, 10) : 1;
+    std::fprintf(stderr, "gpu emulator: shuffled schedule, seed %llu\n", static_cast<unsigned long long>(r.seed));
+    return r;
+  }();
+  return s;
+}
+uint64_t splitmix64(uint64_t &x) {
+  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+void permute(std::vector<unsigned> &v, unsigned n, uint64_t &rng) {
+  v.resize(n);
+  for (unsigned i = 0; i < n; i++) v[i] = i;
+  if (!schedule().shuffled) return;
+  for (unsigned i = n; i > 1; i--) std::swap(v[i - 1], v[splitmix64(rng) % i]);  // Fisher-Yates
+}
 
 std::recursive_mutex g_mu;  // one grid at a time in the process
 Run g_run;
@@ -180,14 +220,18 @@ void run_block(unsigned n) {
     f.state = kReady;
   }
   // Warp by warp: a warp's lanes run until each waits at __syncthreads() or is done, passing
-  // its shuffles' barriers among themselves; then the block barrier releases everyone.
+  // its shuffles' barriers among themselves; then the block barrier releases everyone. The
+  // order of warps and of lanes within each phase: schedule().
   const unsigned warps = (n + kWarp - 1) / kWarp;
   unsigned live = n;
   while (live > 0) {
-    for (unsigned w = 0; w < warps; w++) {
+    permute(r.warp_order, warps, r.rng);
+    for (const unsigned w : r.warp_order) {
       const unsigned lo = w * kWarp, hi = std::min(n, lo + kWarp);
       for (;;) {
-        for (unsigned i = lo; i < hi; i++) {
+        permute(r.lane_order, hi - lo, r.rng);
+        for (const unsigned l : r.lane_order) {
+          const unsigned i = lo + l;
           Fiber &f = r.fibers[i];
           if (f.state != kReady) continue;
           r.cur = &f;
@@ -227,6 +271,7 @@ void run_grid(const char *where, Dim3 grid, Dim3 block, size_t smem, const std::
   r.block_dim = block;
   const unsigned n = block.x * block.y * block.z;
   r.xchg.assign(n, 0);
+  r.rng = schedule().seed;
   for (unsigned z = 0; z < grid.z; z++)
     for (unsigned y = 0; y < grid.y; y++)
       for (unsigned x = 0; x < grid.x; x++) {
