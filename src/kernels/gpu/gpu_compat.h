@@ -70,7 +70,7 @@ using gpu_bf16 = hip_bfloat16;
 #define gpuStreamBeginCapture hipStreamBeginCapture
 #define gpuStreamEndCapture hipStreamEndCapture
 #define gpuStreamCaptureModeThreadLocal hipStreamCaptureModeThreadLocal
-#define gpuGraphInstantiate hipGraphInstantiate
+#define gpuGraphInstantiate hipGraphInstantiateWithFlags  // CUDA 12's (exec, graph, flags)
 #define gpuGraphLaunch hipGraphLaunch
 #define gpuGraphExecDestroy hipGraphExecDestroy
 #define gpuGraphDestroy hipGraphDestroy

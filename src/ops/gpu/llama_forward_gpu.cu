@@ -60,11 +60,11 @@ struct DeviceBuffer {
   DeviceBuffer(const DeviceBuffer &) = delete;
   DeviceBuffer &operator=(const DeviceBuffer &) = delete;
   ~DeviceBuffer() {
-    if (p) gpuFree(p);
+    if (p) (void)gpuFree(p);
   }
   gpuError_t reserve(size_t n) {
     if (n <= bytes) return gpuSuccess;
-    if (p) gpuFree(p);
+    if (p) (void)gpuFree(p);
     p = nullptr;
     bytes = 0;
     const gpuError_t e = gpuMalloc(&p, n);
@@ -156,12 +156,12 @@ struct GpuLlama::Impl {
 
   ~Impl() {
     drop_graphs();
-    if (capture_stream) gpuStreamDestroy(capture_stream);
+    if (capture_stream) (void)gpuStreamDestroy(capture_stream);
     if (blas) blas_destroy(blas);
-    if (own_stream) gpuStreamDestroy(own_stream);
+    if (own_stream) (void)gpuStreamDestroy(own_stream);
   }
   void drop_graphs() {
-    for (auto &g : graphs) gpuGraphExecDestroy(g.second);
+    for (auto &g : graphs) (void)gpuGraphExecDestroy(g.second);
     graphs.clear();
   }
   gpuGraphExec_t find_graph(const GraphKey &k) {
@@ -176,7 +176,7 @@ struct GpuLlama::Impl {
   }
   void add_graph(const GraphKey &k, gpuGraphExec_t g) {
     if (graphs.size() >= kMaxGraphs) {
-      gpuGraphExecDestroy(graphs.front().second);
+      (void)gpuGraphExecDestroy(graphs.front().second);
       graphs.erase(graphs.begin());
     }
     graphs.emplace_back(k, g);
@@ -216,7 +216,7 @@ gpuStream_t GpuLlama::stream() const { return impl_->stream; }
 void GpuLlama::set_stream(gpuStream_t stream) { impl_->stream = stream ? stream : impl_->own_stream; }
 
 GpuLlama::Staging::~Staging() {
-  if (p) gpuFreeHost(p);
+  if (p) (void)gpuFreeHost(p);
 }
 
 bool GpuLlama::upload(const float *host, size_t n, DType dt, void *device, gpuStream_t stream, std::string *error,
@@ -229,7 +229,7 @@ bool GpuLlama::upload(const float *host, size_t n, DType dt, void *device, gpuSt
   Staging &st = reuse ? *reuse : own;
   gpuError_t e = gpuSuccess;
   if (st.bytes < 2 * chunk * es) {
-    if (st.p) gpuFreeHost(st.p);
+    if (st.p) (void)gpuFreeHost(st.p);
     st.p = nullptr;
     st.bytes = 0;
     if ((e = gpuMallocHost(&st.p, 2 * chunk * es)) != gpuSuccess) {
@@ -254,7 +254,7 @@ bool GpuLlama::upload(const float *host, size_t n, DType dt, void *device, gpuSt
   }
   if (e == gpuSuccess) e = gpuStreamSynchronize(stream);
   for (gpuEvent_t ev : done)
-    if (ev) gpuEventDestroy(ev);
+    if (ev) (void)gpuEventDestroy(ev);
   if (e != gpuSuccess && error) *error = gpu_message("weights upload", e);
   return e == gpuSuccess;
 }
@@ -503,11 +503,11 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
       gpuGraph_t graph = nullptr;
       e = gpuStreamEndCapture(m.capture_stream, &graph);
       if (!ok) {
-        if (graph) gpuGraphDestroy(graph);
+        if (graph) (void)gpuGraphDestroy(graph);
         return false;
       }
       if (e == gpuSuccess) e = gpuGraphInstantiate(&exec, graph, 0);
-      if (graph) gpuGraphDestroy(graph);
+      if (graph) (void)gpuGraphDestroy(graph);
       if (e != gpuSuccess) return fail(gpu_message("graph capture", e));
       m.add_graph(key, exec);
     }
