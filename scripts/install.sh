@@ -26,6 +26,8 @@ $PY -m pip install -q "scikit-build-core>=0.10" "cffi>=1.16" cmake ninja numpy "
 # The same nvcc lookup as CMakeLists.txt.
 LEGION_ARGS=()
 PIP_ARGS=()
+# FFS_HIP_CHECK=ON/AUTO: also compile the GPU kernels for AMD GPUs with hipcc (CI does).
+[ -n "${FFS_HIP_CHECK:-}" ] && PIP_ARGS+=(-C "cmake.define.FFS_HIP_CHECK=$FFS_HIP_CHECK")
 if [ "${FFS_GPU:-AUTO}" = "OFF" ]; then
   PIP_ARGS+=(-C cmake.define.FFS_GPU=OFF)
 elif command -v nvcc >/dev/null || [ -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" ] ||

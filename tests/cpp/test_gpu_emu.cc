@@ -113,7 +113,11 @@ int main() {
       EXPECT(e != gpuSuccess);
     }
     (void)gpuGetLastError();
-    FFS_LAUNCH(big_smem_kernel, 1, 32, static_cast<size_t>(FFS_MAX_SMEM_BYTES) + 16, nullptr, d);
+    // The device's maximum is a cap the attribute cannot raise.
+    EXPECT(gpuFuncSetAttribute(reinterpret_cast<const void *>(&big_smem_kernel),
+                               gpuFuncAttributeMaxDynamicSharedMemorySize, FFS_GPU_EMU_SMEM_MAX + 16) != gpuSuccess);
+    (void)gpuGetLastError();
+    FFS_LAUNCH(big_smem_kernel, 1, 32, static_cast<size_t>(FFS_GPU_EMU_SMEM_MAX) + 16, nullptr, d);
     EXPECT(gpuGetLastError() != gpuSuccess);
     FFS_LAUNCH(big_smem_kernel, 1, 1025, 0, nullptr, d);  // more than 1024 threads
     EXPECT(gpuGetLastError() != gpuSuccess);

@@ -17,7 +17,8 @@
 //   addresses; the calls CUDA forbids while a thread-local capture is open (allocation,
 //   synchronous copies, synchronization) fail and invalidate the capture, as in CUDA.
 // - Launch checks: 1..1024 threads per block, a non-empty grid, dynamic shared memory above
-//   48 KiB only after gpuFuncSetAttribute raised the kernel's limit (at most 227 KiB).
+//   the profile's default (48 KiB) only after gpuFuncSetAttribute raised the kernel's limit
+//   (at most the profile's maximum: 227 KiB; wave64: 64 KiB, the default too).
 // - Fresh device memory and dynamic shared memory are filled with 0xFF bytes (NaN as floats),
 //   so reading what was never written shows up.
 // - One device, with one of two profiles fixed when the emulator is compiled:
