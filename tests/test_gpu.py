@@ -111,8 +111,8 @@ HIP_KERNELS = ["attention", "draft_probs", "embedding", "kv_commit", "rms_norm",
 def test_kernels_compile_for_amd_gpus():
     hip_dirs = sorted(p for p in ROOT.glob("build*/src/hip") if p.is_dir())
     if not hip_dirs:
-        pytest.skip("no HIP compile check in the build: hipcc was not installed when it was configured "
-                    "(apt-get install hipcc; FFS_HIP_CHECK=AUTO)")
+        pytest.skip("no HIP compile check in the build: it is off by default (FFS_HIP_CHECK=OFF) or hipcc "
+                    "was missing; CI runs it (apt-get install hipcc; FFS_HIP_CHECK=ON bash scripts/install.sh)")
     build = hip_dirs[0].parents[1]
     cache = (build / "CMakeCache.txt").read_text()
     archs = re.search(r"^FFS_HIP_ARCHS:STRING=(.*)$", cache, re.M).group(1).split(";")

@@ -127,9 +127,11 @@ uint64_t splitmix64(uint64_t &x) {
   return z ^ (z >> 31);
 }
 void permute(std::vector<unsigned> &v, unsigned n, uint64_t &rng) {
+  const bool shuffled = schedule().shuffled;
+  if (!shuffled && v.size() == n) return;  // in order: the identity, built once per size
   v.resize(n);
   for (unsigned i = 0; i < n; i++) v[i] = i;
-  if (!schedule().shuffled) return;
+  if (!shuffled) return;
   for (unsigned i = n; i > 1; i--) std::swap(v[i - 1], v[splitmix64(rng) % i]);  // Fisher-Yates
 }
 
