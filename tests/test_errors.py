@@ -197,3 +197,18 @@ def test_num_gpus_without_a_gpu_is_refused_before_legion_starts():
     assert "REFUSED ff.init(num_gpus=1): " in out.stdout and "CPU OK" in out.stdout, out.stdout
     # The reason names what is missing: the backend, or a GPU the CUDA runtime can use.
     assert info["why"] and info["why"] in out.stdout, (info, out.stdout)
+
+
+def test_head_dim_the_gpu_attention_lacks(runtime, tmp_path, tiny_llm, reference_tokens):
+    """On the GPU backend, a head dim its attention kernel has no variant for (24) is refused
+    by compile(), naming it, before anything is placed; the CPU backend runs any head dim.
+    Either way the other models keep working."""
+    d = make_tiny_llama(tmp_path / "hd24", hidden_size=96, num_attention_heads=4, num_key_value_heads=2)
+    llm = ff.LLM(str(d), data_type=ff.DataType.DT_FLOAT)
+    if runtime["num_gpus"]:
+        with pytest.raises(ff.UnsupportedModelError, match="head_dim 24"):
+            llm.compile(ff.GenerationConfig(), max_requests_per_batch=1, max_seq_length=32)
+    else:
+        llm.compile(ff.GenerationConfig(), max_requests_per_batch=1, max_seq_length=32)
+        assert len(llm.generate([1, 2, 3], max_new_tokens=4, ignore_eos=True).output_tokens) == 4
+    still_works(tiny_llm, reference_tokens)

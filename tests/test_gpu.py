@@ -8,10 +8,11 @@ the same two programs built over the CPU emulation of CUDA (src/kernels/gpu/emu:
 test_gpu_kernels_emu, test_gpu_forward_emu), which run on every machine, CI included, with
 the cases scaled down, once as an H100 (32-lane warps) and once as the AMD GPU a HIP build
 targets (_wave64: 64-lane wavefronts, 64 KiB of LDS per block); the HIP compile check's
-objects, where hipcc was installed; and, where ff.gpu_info() sees a GPU, the Python suites
-again with the models on the GPU (FFS_TEST_NUM_GPUS=1): greedy token equality with
-transformers and with the CPU references, speculative == incremental, the sampling and MSS
-distribution tests, the error paths."""
+objects, where hipcc was installed; the Python suites of tiny models through the GPU
+engine over the emulator (libflexflow_spec_gpuemu), on every machine; and, where
+ff.gpu_info() sees a GPU, all the Python suites again with the models on the GPU
+(FFS_TEST_NUM_GPUS=1): greedy token equality with transformers and with the CPU references,
+speculative == incremental, the sampling and MSS distribution tests, the error paths."""
 
 from __future__ import annotations
 
@@ -122,6 +123,38 @@ def test_kernels_compile_for_amd_gpus():
         data = obj.read_bytes()
         for arch in archs:
             assert f"amdgcn-amd-amdhsa--{arch}".encode() in data, f"{obj} has no code object for {arch}"
+
+
+# The engine's GPU path on the emulator: libflexflow_spec_gpuemu is the library with its GPU
+# task variants over the emulated forward pass, its "GPU" a Legion CPU processor
+# (runtime/engine.cc, FFS_GPU_EMU_ENGINE). ff.init(num_gpus=1) there runs what a GPU machine
+# runs but the kernels' hardware: weights and KV cache stored in the model's dtype, the GPU
+# weight-load and step tasks, CUDA graphs, the GPU sampler, the pipelined driver (the default
+# with GPUs). The suites of tiny models only: SmolLM2 takes ~0.4 s a token there, and the MSS
+# tests (10,000 draws each) 2-5 minutes apiece (they all passed on it once: docs/gpu_kernels.md).
+EMU_SUITES = ["test_tiny_llama.py", "test_architectures.py", "test_errors.py",
+              "test_speculative.py::test_greedy_speculative_equals_incremental_tiny"]
+
+
+def test_python_suites_on_the_emulated_gpu():
+    path = os.environ.get("FFS_GPU_EMU_LIBRARY")
+    lib = Path(path) if path else next(iter(sorted(ROOT.glob("build*/src/libflexflow_spec_gpuemu.so"))), None)
+    if lib is None:
+        pytest.skip(f"no build*/src/libflexflow_spec_gpuemu.so: {MISSING_EMU}, with FFS_BUILD_TESTS=ON")
+    env = {**os.environ, "FFS_LIBRARY": str(lib), "FFS_TEST_NUM_GPUS": "1"}
+    probe = subprocess.run([sys.executable, "-c", "import flexflow_spec as ff; print(ff.gpu_info())"],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert "CPU emulator" in probe.stdout and "'built': True" in probe.stdout, probe.stdout + probe.stderr
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          *[str(ROOT / "tests" / f) for f in EMU_SUITES]],
+                         capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
+    text = out.stdout[-8000:] + out.stderr[-4000:]
+    assert out.returncode == 0, text
+    m = re.search(r"(\d+) passed", out.stdout)
+    assert m and int(m.group(1)) >= 25, text
+    # Nothing skipped but the check for machines without a GPU (the emulator is one).
+    skips = re.findall(r"^SKIPPED .*$", out.stdout, re.M)
+    assert all("this machine has a GPU" in line for line in skips), text
 
 
 # The suites whose assertions must hold unchanged on the GPU backend.

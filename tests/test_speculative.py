@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytest
 
 import flexflow_spec as ff
@@ -67,6 +68,51 @@ def test_greedy_speculative_equals_incremental(runtime, smollm2_dir, random_ssm_
         # 5 requests, 4 slots: batched, with one joining as another finishes.
         batched = llm.generate(ids, max_new_tokens=N_NEW)
         assert [r.output_tokens for r in batched] == expected
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(runtime, tmp_path_factory):
+    """Tiny random LLaMAs for speculation without SmolLM2 (fast everywhere, the GPU emulator
+    included): the LLM, an unrelated SSM, prompts of 3 to 40 tokens, and the LLM's own
+    incremental greedy outputs."""
+    root = tmp_path_factory.mktemp("tiny_spec")
+    kw = dict(vocab_size=256, max_position_embeddings=512, num_key_value_heads=2)
+    llm_dir = make_tiny_llama(root / "llm", seed=21, **kw)
+    other_dir = make_tiny_llama(root / "other", seed=22, **kw)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(3, 256, n).tolist() for n in (3, 17, 40, 9, 25)]
+    ref = ff.LLM(str(llm_dir), data_type=ff.DataType.DT_FLOAT)
+    ref.compile(ff.GenerationConfig(), max_requests_per_batch=4, max_seq_length=128, max_tokens_per_batch=64)
+    expected = [r.output_tokens for r in ref.generate(prompts, max_new_tokens=TINY_NEW)]
+    del ref
+    return llm_dir, other_dir, prompts, expected
+
+
+TINY_NEW = 40
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_greedy_speculative_equals_incremental_tiny(runtime, tiny_spec, mode):
+    """The same property as above on tiny models, with two SSMs at once: the LLM's own
+    weights in fp16 (mostly right) and an unrelated model (mostly wrong); alone and batched
+    (5 requests, 4 slots)."""
+    llm_dir, other_dir, prompts, expected = tiny_spec
+    close = ff.SSM(str(llm_dir), data_type=ff.DataType.DT_HALF)
+    wrong = ff.SSM(str(other_dir), data_type=ff.DataType.DT_FLOAT)
+    for s in (close, wrong):
+        s.compile(ff.GenerationConfig(), max_requests_per_batch=5, max_seq_length=160, max_tokens_per_batch=48)
+    llm = ff.LLM(str(llm_dir), data_type=ff.DataType.DT_FLOAT)
+    llm.compile(ff.GenerationConfig(), max_requests_per_batch=4, max_seq_length=128, max_tokens_per_batch=96,
+                ssms=[close, wrong], speculation=MODES[mode])
+    alone = [llm.generate(p, max_new_tokens=TINY_NEW) for p in prompts[:2]]
+    batched = llm.generate(prompts, max_new_tokens=TINY_NEW)
+    for r, exp in zip(alone + batched, expected[:2] + expected):
+        assert r.output_tokens == exp
+        assert sum(r.accepted_tokens) == len(r.output_tokens)
+        assert len(r.accepted_tokens) == r.llm_decoding_steps
+    # The fp16 copy is right almost always: far fewer LLM steps than tokens.
+    tokens, steps = sum(len(e) for e in expected), sum(r.llm_decoding_steps for r in batched)
+    assert steps * 2 <= tokens, (steps, tokens)
 
 
 def test_accurate_ssm_cuts_llm_steps(runtime, smollm2_dir, random_ssm_dir, incremental):

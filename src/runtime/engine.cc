@@ -25,9 +25,17 @@
 #include "util/log.h"
 #include "weights/checkpoint.h"
 
-// The GPU task variants: with the GPU forward pass built and a Legion built with CUDA.
-#if defined(FFS_HAVE_GPU_FORWARD) && defined(REALM_USE_CUDA)
+// The GPU task variants: with the GPU forward pass built and a Legion built with CUDA; or, in
+// the tests' build over the GPU emulator (FFS_GPU_EMU_ENGINE, libflexflow_spec_gpuemu), on
+// Legion CPU processors: ff.init(num_gpus=1)'s -ll:gpu/-ll:fsize are taken by the engine
+// instead of Realm, the "GPU" tasks run the emulated forward pass on a CPU processor, and
+// their instances (in the model's dtype, as in a framebuffer) are in system memory.
+#if defined(FFS_HAVE_GPU_FORWARD) && defined(FFS_GPU_EMU_ENGINE)
 #define FFS_GPU_TASKS 1
+#define FFS_GPU_PROC_KIND Processor::LOC_PROC
+#elif defined(FFS_HAVE_GPU_FORWARD) && defined(REALM_USE_CUDA)
+#define FFS_GPU_TASKS 1
+#define FFS_GPU_PROC_KIND Processor::TOC_PROC
 #include "realm/cuda/cuda_module.h"
 #endif
 
@@ -301,6 +309,10 @@ void *instance_base(const PhysicalRegion &pr, size_t esize) {
   return const_cast<void *>(static_cast<const void *>(a.ptr(Point<1>(0))));
 }
 
+#ifdef FFS_GPU_EMU_ENGINE
+int task_device(const Task *) { return 0; }  // the emulator's one device
+void *task_stream() { return engine_gpu::thread_stream(); }
+#else
 int task_device(const Task *task) {
   int device = 0;
   if (!Realm::Cuda::get_cuda_device_id(task->current_proc, &device))
@@ -314,6 +326,7 @@ void *task_stream() {
   Realm::Cuda::set_task_ctxsync_required(false);
   return Realm::Cuda::get_task_cuda_stream();
 }
+#endif
 
 StepResult gpu_step_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
   try {
@@ -372,6 +385,10 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
   {
     std::lock_guard<std::mutex> lock(st().mu);
     p.gpu = st().num_gpus > 0;
+  }
+  if (p.gpu) {
+    const std::string why = engine_gpu::unsupported(m);
+    if (!why.empty()) fail(FFS_ERR_UNSUPPORTED, why);
   }
   // On the GPU the regions hold the model's own precision (fp16/bf16: 2 bytes); the CPU
   // kernels compute on fp32 values already rounded to it.
@@ -625,6 +642,30 @@ void settle_pipes_using(int id) {
   }
 }
 
+#ifdef FFS_GPU_EMU_ENGINE
+// What ff.init asked of Realm's CUDA module, taken by the emulated engine instead.
+int g_emu_gpus = 0;
+size_t g_emu_fsize = 0;  // bytes
+
+// Removes -ll:gpu, -ll:fsize and -ll:zsize (and their values) from args, keeping the GPU
+// count and framebuffer size.
+std::vector<std::string> take_gpu_flags(const std::vector<std::string> &args) {
+  std::vector<std::string> rest;
+  for (size_t i = 0; i < args.size(); i++) {
+    const std::string &a = args[i];
+    if ((a == "-ll:gpu" || a == "-ll:fsize" || a == "-ll:zsize") && i + 1 < args.size()) {
+      const long v = std::strtol(args[i + 1].c_str(), nullptr, 10);
+      if (a == "-ll:gpu") g_emu_gpus = static_cast<int>(std::min(v, 1L));  // the emulator has one device
+      if (a == "-ll:fsize") g_emu_fsize = static_cast<size_t>(std::max(v, 0L)) << 20;
+      i++;
+      continue;
+    }
+    rest.push_back(a);
+  }
+  return rest;
+}
+#endif
+
 void driver_main(std::promise<void> ready) {
   Runtime *rt = Runtime::get_runtime();
   Context ctx = rt->begin_implicit_task(TOP_LEVEL_TASK_ID, 0, Processor::LOC_PROC, "ffs_driver", true);
@@ -641,7 +682,11 @@ void driver_main(std::promise<void> ready) {
     for (Memory mem : fq) fb = fb == 0 ? mem.capacity() : std::min(fb, mem.capacity());
     std::lock_guard<std::mutex> lock(st().mu);
     st().sysmem_capacity = cap;
-#ifdef FFS_GPU_TASKS
+#if defined(FFS_GPU_EMU_ENGINE)
+    // The emulated GPU's "framebuffer" is a share of system memory, where its instances are.
+    st().num_gpus = g_emu_gpus;
+    fb = std::min(g_emu_fsize, cap);
+#elif defined(FFS_GPU_TASKS)
     st().num_gpus = static_cast<int>(pq.count());
 #endif
     st().fb_capacity = fb;
@@ -813,9 +858,9 @@ void start(const std::vector<std::string> &args) {
          CodeDescriptor(W::legion_task_wrapper<StepPlan, prepare_task>), 0);
 #ifdef FFS_GPU_TASKS
     const CodeDescriptor gpu_step(W::legion_task_wrapper<StepResult, gpu_step_task>);
-    leaf(STEP_GPU_TASK_ID, "ffs_step_gpu", Processor::TOC_PROC, gpu_step, kBoundedResult);
-    leaf(STEP_LOGITS_GPU_TASK_ID, "ffs_step_logits_gpu", Processor::TOC_PROC, gpu_step, 0);
-    leaf(LOAD_WEIGHTS_GPU_TASK_ID, "ffs_load_weights_gpu", Processor::TOC_PROC,
+    leaf(STEP_GPU_TASK_ID, "ffs_step_gpu", FFS_GPU_PROC_KIND, gpu_step, kBoundedResult);
+    leaf(STEP_LOGITS_GPU_TASK_ID, "ffs_step_logits_gpu", FFS_GPU_PROC_KIND, gpu_step, 0);
+    leaf(LOAD_WEIGHTS_GPU_TASK_ID, "ffs_load_weights_gpu", FFS_GPU_PROC_KIND,
          CodeDescriptor(W::legion_task_wrapper<int32_t, gpu_load_weights_task>), sizeof(int32_t));
 #endif
   }
@@ -823,7 +868,11 @@ void start(const std::vector<std::string> &args) {
   // Legion keeps pointers into argv for the life of the process.
   static std::vector<std::string> keep;
   static std::vector<char *> argv;
+#ifdef FFS_GPU_EMU_ENGINE
+  keep = take_gpu_flags(args);
+#else
   keep = args;
+#endif
   keep.insert(keep.begin(), "flexflow_spec");
   for (auto &s : keep) argv.push_back(s.data());
   argv.push_back(nullptr);
@@ -838,7 +887,11 @@ void start(const std::vector<std::string> &args) {
   st().driver = std::thread(driver_main, std::move(ready));
   fut.get();
   FFS_INFO("runtime", "Legion started; system memory pool " << (st().sysmem_capacity >> 20) << " MiB; "
-                                                             << st().num_gpus << " GPU(s), framebuffer "
+                                                             << st().num_gpus
+#ifdef FFS_GPU_EMU_ENGINE
+                                                             << " emulated"
+#endif
+                                                             << " GPU(s), framebuffer "
                                                              << (st().fb_capacity >> 20) << " MiB");
 }
 

@@ -35,7 +35,9 @@ void load_weights(ModelHandle *, int, void *, void *) { fail(FFS_ERR_UNSUPPORTED
 StepResult step(ModelHandle *, int, const StepBatch &, void *, void *, void *) {
   fail(FFS_ERR_UNSUPPORTED, "no GPU backend in this build");
 }
+std::string unsupported(const ModelHandle *) { return "this build of flexflow_spec has no GPU backend"; }
 void release(int) {}
+void *thread_stream() { fail(FFS_ERR_UNSUPPORTED, "no GPU backend in this build"); }
 
 #else
 
@@ -98,12 +100,27 @@ std::shared_ptr<Bound> bound_for(ModelHandle *m, int device, void *weights, void
 
 bool available() { return true; }
 
+std::string unsupported(const ModelHandle *m) {
+  const LlamaConfig &c = m->config;
+  if (!gpu::attention_supports_head_dim(c.head_dim))
+    return "model " + m->path + " has head_dim " + std::to_string(c.head_dim) +
+           ", which the GPU attention kernel does not support (8, 16, 32, 64, 128, 256); run it on the CPU "
+           "(ff.init(num_gpus=0))";
+  return "";
+}
+
 Probe probe() {
   Probe p;
   int n = 0;
   gpuError_t e = gpuGetDeviceCount(&n);
   if (e != gpuSuccess || n <= 0) {
-    if (e == cudaErrorInsufficientDriver && !dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD) &&
+    if (
+#ifdef FFS_GPU_EMU
+        false &&
+#else
+        e == cudaErrorInsufficientDriver &&
+#endif
+        !dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD) &&
         !dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL))
       p.why = "no NVIDIA GPU driver on this machine (libcuda.so.1 not found)";
     else if (e != gpuSuccess)
@@ -167,6 +184,15 @@ StepResult step(ModelHandle *m, int device, const StepBatch &b, void *device_wei
   r.compute_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   r.ok = 1;
   return r;
+}
+
+void *thread_stream() {
+  thread_local gpuStream_t s = [] {
+    gpuStream_t made = nullptr;
+    check(gpuStreamCreateWithFlags(&made, gpuStreamNonBlocking), "cudaStreamCreateWithFlags");
+    return made;
+  }();
+  return s;
 }
 
 void release(int model_id) {

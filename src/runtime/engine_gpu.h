@@ -32,6 +32,10 @@ struct Probe {
 };
 Probe probe();
 
+// Why model m cannot run on the GPU backend ("" when it can): a shape the kernels do not
+// cover. Checked when the model is compiled, before anything is placed.
+std::string unsupported(const ModelHandle *m);
+
 // Bytes per stored element on the GPU: fp32 4, fp16 and bf16 2 (the CPU backend keeps fp32).
 size_t storage_bytes(ffs_data_type_t dt);
 
@@ -45,6 +49,10 @@ void load_weights(ModelHandle *m, int device, void *device_weights, void *stream
 // Throws ffspec::Error.
 StepResult step(ModelHandle *m, int device, const StepBatch &b, void *device_weights, void *device_kv,
                 void *stream);
+
+// A stream of the calling thread's own, made on first use: the emulated engine's tasks
+// (FFS_GPU_EMU_ENGINE) use it where a real GPU task is given Realm's stream for the task.
+void *thread_stream();
 
 // Frees what step() keeps for model_id (scratch, cuBLAS handle) on every device.
 void release(int model_id);

@@ -661,6 +661,9 @@ int main(int argc, char **argv) {
     test_causal_attention(dt, 64, 1, 128, 17, 500, 3);  // MQA with more heads than a block's rows
   }
   test_tree_attention(DType::F32, 8, 8, 32, 2, 400, 30);
+  // The tests' tiny models' head dims (8 and 16): 16 and 8 threads' worth of rows per column.
+  test_tree_attention(DType::F16, 4, 2, 16, 3, 300, 20);
+  test_causal_attention(DType::F32, 4, 2, 8, 30, 200, 4);
   test_tree_attention(DType::BF16, 8, 2, 256, 2, 600, 40);
   for (DType dt : {DType::F32, DType::BF16}) {
     test_sampling(dt, 64, 0.8f, 1.0f, 0, false);       // temperature only: the id-order draw

@@ -45,6 +45,7 @@ struct AttnShape {
   static constexpr int keys = attn_fits(D, rows, 32) ? 32 : 16;
   static_assert(attn_fits(D, rows, keys), "attention tiles do not fit the vendor's shared memory");
   static constexpr int phases = threads / D;  // row groups in the PV step
+  static_assert(threads % D == 0 && rows % phases == 0, "the PV step splits rows evenly over the threads");
   static constexpr int rows_per_thread = rows / phases;
   static constexpr int warps = threads / FFS_WARP_SIZE;
   static constexpr int rows_per_warp = FFS_WARP_SIZE / keys;  // key groups in a warp, one row each
@@ -53,6 +54,8 @@ struct AttnShape {
 
 int attn_rows(int head_dim) {
   switch (head_dim) {
+    case 8: return AttnShape<8>::rows;
+    case 16: return AttnShape<16>::rows;
     case 32: return AttnShape<32>::rows;
     case 64: return AttnShape<64>::rows;
     case 128: return AttnShape<128>::rows;
@@ -294,10 +297,18 @@ size_t attention_workspace_floats(const AttentionArgs &a) {
   return a.kv_splits > 1 ? static_cast<size_t>(a.kv_splits) * a.T * a.n_heads * (a.head_dim + 2) : 0;
 }
 
+bool attention_supports_head_dim(int head_dim) {
+  return head_dim == 8 || head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256;
+}
+
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream) {
   if (a.T <= 0) return gpuSuccess;
   if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0) return gpuErrorInvalidValue;
   FFS_DISPATCH_DTYPE(a.dtype, switch (a.head_dim) {
+    case 8:
+      return launch_attention<T, 8>(a, stream);
+    case 16:
+      return launch_attention<T, 16>(a, stream);
     case 32:
       return launch_attention<T, 32>(a, stream);
     case 64:

@@ -43,7 +43,8 @@ gpuError_t silu_mul(const void *gu, void *out, int T, int I, DType dt, gpuStream
 // j of tree_mask[t] (ancestors and itself). Prefill: prefix_len = position + 1; incremental:
 // the same with one token per request; tree verification: masks from TokenTree::path_mask.
 // q [T, q_stride] (heads first), cache_k/v [slots, max_seq, n_kv_heads*head_dim],
-// out [T, n_heads*head_dim]. GQA/MQA: n_heads % n_kv_heads == 0. head_dim: 32, 64, 128, 256.
+// out [T, n_heads*head_dim]. GQA/MQA: n_heads % n_kv_heads == 0. head_dim: 8, 16, 32, 64, 128,
+// 256 (attention_supports_head_dim; the small ones are the tests' tiny models').
 // Flash-attention tiling (see docs/gpu_kernels.md): no score matrix in global memory.
 struct AttentionArgs {
   const void *q;
@@ -70,6 +71,7 @@ struct AttentionArgs {
   float *partial = nullptr;  // attention_workspace_floats(a) floats when kv_splits > 1
 };
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream);
+bool attention_supports_head_dim(int head_dim);
 // The kv_splits that fills the device for this shape (T, heads, tile hint, max_seq) and 1
 // when the unsplit blocks already do. It depends on the shape only, so a CUDA graph captured
 // with it stays valid whatever the context lengths.

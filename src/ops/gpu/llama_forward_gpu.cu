@@ -272,8 +272,8 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
   if (p.max_requests <= 0 || p.max_seq <= 0) return fail("max_requests and max_seq must be positive");
   if (c.num_heads <= 0 || c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0)
     return fail("num_heads must be a positive multiple of num_kv_heads");
-  if (c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128 && c.head_dim != 256)
-    return fail("head_dim " + std::to_string(c.head_dim) + " unsupported (attention: 32, 64, 128, 256)");
+  if (!attention_supports_head_dim(c.head_dim))
+    return fail("head_dim " + std::to_string(c.head_dim) + " unsupported (attention: 8, 16, 32, 64, 128, 256)");
   if (p.layout->layers.size() != static_cast<size_t>(c.num_layers)) return fail("layout does not match the config");
   if (p.dtype != DType::F32 && p.dtype != DType::F16 && p.dtype != DType::BF16) return fail("unknown dtype");
   auto impl = std::make_unique<Impl>();
