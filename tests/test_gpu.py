@@ -130,9 +130,11 @@ def test_kernels_compile_for_amd_gpus():
 # (runtime/engine.cc, FFS_GPU_EMU_ENGINE). ff.init(num_gpus=1) there runs what a GPU machine
 # runs but the kernels' hardware: weights and KV cache stored in the model's dtype, the GPU
 # weight-load and step tasks, CUDA graphs, the GPU sampler, the pipelined driver (the default
-# with GPUs). The suites of tiny models only: SmolLM2 takes ~0.4 s a token there, and the MSS
-# tests (10,000 draws each) 2-5 minutes apiece (they all passed on it once: docs/gpu_kernels.md).
-EMU_SUITES = ["test_tiny_llama.py", "test_architectures.py", "test_errors.py",
+# with GPUs). The tiny-model suites and test_smollm2 (greedy == transformers, GGUF, EOS, fp16
+# and bf16 within their bounds of fp32: ~100 s, SmolLM2 being ~0.4 s a token there); not the
+# MSS tests (10,000 draws each: 2-5 minutes apiece there; they all passed on it once, see
+# docs/gpu_kernels.md) nor the SmolLM2 speculation suites (tens of minutes).
+EMU_SUITES = ["test_tiny_llama.py", "test_architectures.py", "test_errors.py", "test_smollm2.py",
               "test_speculative.py::test_greedy_speculative_equals_incremental_tiny"]
 
 
@@ -151,7 +153,7 @@ def test_python_suites_on_the_emulated_gpu():
     text = out.stdout[-8000:] + out.stderr[-4000:]
     assert out.returncode == 0, text
     m = re.search(r"(\d+) passed", out.stdout)
-    assert m and int(m.group(1)) >= 25, text
+    assert m and int(m.group(1)) >= 30, text
     # Nothing skipped but the check for machines without a GPU (the emulator is one).
     skips = re.findall(r"^SKIPPED .*$", out.stdout, re.M)
     assert all("this machine has a GPU" in line for line in skips), text
