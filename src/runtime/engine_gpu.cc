@@ -114,13 +114,7 @@ Probe probe() {
   int n = 0;
   gpuError_t e = gpuGetDeviceCount(&n);
   if (e != gpuSuccess || n <= 0) {
-    if (
-#ifdef FFS_GPU_EMU
-        false &&
-#else
-        e == cudaErrorInsufficientDriver &&
-#endif
-        !dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD) &&
+    if (e == gpuErrorInsufficientDriver && !dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD) &&
         !dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL))
       p.why = "no NVIDIA GPU driver on this machine (libcuda.so.1 not found)";
     else if (e != gpuSuccess)

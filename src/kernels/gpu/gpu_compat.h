@@ -35,6 +35,7 @@ using gpu_bf16 = hip_bfloat16;
 #endif
 #define gpuSuccess hipSuccess
 #define gpuErrorInvalidValue hipErrorInvalidValue
+#define gpuErrorInsufficientDriver hipErrorInsufficientDriver
 #define gpuGetLastError hipGetLastError
 #define gpuPeekAtLastError hipPeekAtLastError
 #define gpuFuncSetAttribute hipFuncSetAttribute
@@ -108,6 +109,7 @@ using gpu_bf16 = __nv_bfloat16;
 #define gpu_bf162float __bfloat162float
 #define gpuSuccess cudaSuccess
 #define gpuErrorInvalidValue cudaErrorInvalidValue
+#define gpuErrorInsufficientDriver cudaErrorInsufficientDriver
 #define gpuGetLastError cudaGetLastError
 #define gpuPeekAtLastError cudaPeekAtLastError
 #define gpuFuncSetAttribute cudaFuncSetAttribute

@@ -380,6 +380,7 @@ const char *gpuGetErrorString(gpuError_t e) {
     case gpuErrorInvalidValue: return "invalid argument (GPU emulator)";
     case gpuErrorMemoryAllocation: return "out of memory (GPU emulator)";
     case gpuErrorInvalidConfiguration: return "invalid configuration argument (GPU emulator)";
+    case gpuErrorInsufficientDriver: return "CUDA driver version is insufficient (GPU emulator)";
     case gpuErrorNotSupported: return "operation not supported (GPU emulator)";
     case gpuErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing (GPU emulator)";
     case gpuErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture (GPU emulator)";

@@ -66,6 +66,7 @@ enum gpuError_t : int {
   gpuErrorInvalidValue = 1,
   gpuErrorMemoryAllocation = 2,
   gpuErrorInvalidConfiguration = 9,
+  gpuErrorInsufficientDriver = 35,  // never returned: the emulator is its own driver
   gpuErrorNotSupported = 801,
   gpuErrorStreamCaptureUnsupported = 900,
   gpuErrorStreamCaptureInvalidated = 901,
