@@ -5,7 +5,11 @@
 //   - incremental decoding ms/step and tokens/s at several batch sizes, as a fraction of that
 //     roofline;
 //   - tree-verification step latency against tree size (1..64 tokens) and batch size: the
-//     cost curve the speculation's tree shapes must respect.
+//     cost curve the speculation's tree shapes must respect;
+//   - each projection of the shape at 1..8 rows through the small-M kernels (linear_small,
+//     the fused gate_up + SwiGLU) and through cuBLAS, as GB/s of weights read, and decoding
+//     at batch <= 8 both ways (GpuLlamaParams::blas.small_m_rows = 0: cuBLAS only): which
+//     of the two the engine should use at which M.
 // Each step is what the engine's GPU task runs: host checks and one upload of the batch,
 // every kernel, greedy tokens drawn on the device and copied back, one synchronization.
 //
@@ -22,6 +26,7 @@
 #include <vector>
 
 #include "kernels/gpu/gpu_compat.h"
+#include "kernels/gpu/kernels.h"
 #include "models/llama.h"
 #include "ops/gpu/llama_forward_gpu.h"
 #include "serve/batch.h"
@@ -128,10 +133,12 @@ struct Bench {
   size_t es;
   void *weights = nullptr, *kv = nullptr;
   std::unique_ptr<gpu::GpuLlama> llama;
+  std::unique_ptr<gpu::GpuLlama> llama_cublas;  // the same weights and cache, cuBLAS at every M
   int max_requests, max_seq;
 
   ~Bench() {
     llama.reset();
+    llama_cublas.reset();
     if (weights) gpuFree(weights);
     if (kv) gpuFree(kv);
   }
@@ -139,12 +146,12 @@ struct Bench {
   // KV bytes a decode step reads per sequence at context length n (all layers, K and V).
   size_t kv_read_bytes(int n) const { return static_cast<size_t>(n) * cfg.num_layers * 2 * cfg.kv_dim() * es; }
 
-  void step(const StepBatch &b, std::vector<int32_t> *tokens) {
+  void step(const StepBatch &b, std::vector<int32_t> *tokens, bool cublas_only = false) {
     tokens->resize(b.num_rows());
     gpu::GpuStepOutput out;
     out.tokens = tokens->data();
     std::string error;
-    if (!llama->step(b, out, &error)) {
+    if (!(cublas_only ? llama_cublas : llama)->step(b, out, &error)) {
       std::fprintf(stderr, "step failed: %s\n", error.c_str());
       std::exit(1);
     }
@@ -184,10 +191,103 @@ void setup(Bench &B, const std::string &name, DType dt, int max_requests, int ma
   p.max_tokens = max_tokens;
   std::string error;
   B.llama = gpu::GpuLlama::create(p, &error);
-  if (!B.llama) {
+  p.blas.small_m_rows = 0;
+  if (B.llama) B.llama_cublas = gpu::GpuLlama::create(p, &error);
+  if (!B.llama || !B.llama_cublas) {
     std::fprintf(stderr, "%s\n", error.c_str());
     std::exit(1);
   }
+}
+
+// Each projection of layer 0 (and the LM head) at M rows: ms per call and GB/s of weights read,
+// through linear_small / linear_swiglu_small and through cuBLAS (gate_up + silu_mul there).
+template <typename Emit>
+void bench_projections(const Bench &B, const std::vector<int> &rows, Emit emit, const char *dname,
+                       const std::string &model) {
+  const LlamaConfig &c = B.cfg;
+  const int H = c.hidden_size, I = c.intermediate_size, Q = c.num_heads * c.head_dim, KV = c.kv_dim();
+  const LayerLayout &L = B.layout.layers[0];
+  struct Proj {
+    const char *name;
+    size_t w_off;
+    int N, K;
+    bool swiglu;
+  };
+  const Proj projs[] = {{"qkv", L.wqkv, Q + 2 * KV, H, false},
+                        {"o", L.wo, H, Q, false},
+                        {"gate_up+silu", L.w_gate_up, I, H, true},
+                        {"down", L.w_down, H, I, false},
+                        {"lm_head", B.layout.lm_head, c.vocab_size, H, false}};
+  std::string error;
+  gpu::BlasOptions cublas_opts;
+  cublas_opts.small_m_rows = 0;
+  gpu::Blas *blas = gpu::blas_create(cublas_opts, &error);
+  if (!blas) {
+    std::fprintf(stderr, "%s\n", error.c_str());
+    std::exit(1);
+  }
+  const int max_m = *std::max_element(rows.begin(), rows.end());
+  const size_t max_n = static_cast<size_t>(std::max({2 * I, c.vocab_size, Q + 2 * KV}));
+  void *x = nullptr, *y = nullptr, *act = nullptr;
+  CHECK(gpuMalloc(&x, static_cast<size_t>(max_m) * std::max(H, I) * B.es));
+  CHECK(gpuMalloc(&y, static_cast<size_t>(max_m) * max_n * B.es));
+  CHECK(gpuMalloc(&act, static_cast<size_t>(max_m) * I * B.es));
+  fill_random<<<256, 256>>>(x, static_cast<size_t>(max_m) * std::max(H, I), B.dt, 1.0f, 7);
+  gpuStream_t st = nullptr;
+  CHECK(gpuStreamCreateWithFlags(&st, gpuStreamNonBlocking));
+  gpuEvent_t e0, e1;
+  CHECK(gpuEventCreate(&e0));
+  CHECK(gpuEventCreate(&e1));
+  std::printf("projections (layer 0, LM head): ms per call and GB/s of weights, small-M kernel vs cuBLAS\n");
+  std::printf("%-13s %3s %10s %9s %10s %9s\n", "projection", "M", "small ms", "GB/s", "cuBLAS ms", "GB/s");
+  for (const Proj &pr : projs) {
+    const void *w = static_cast<const char *>(B.weights) + pr.w_off * B.es;
+    const double wbytes = static_cast<double>(pr.swiglu ? 2 * pr.N : pr.N) * pr.K * B.es;
+    for (int M : rows) {
+      if (M > gpu::kSmallLinearMaxRows) continue;
+      auto time = [&](bool small) {
+        auto once = [&] {
+          if (pr.swiglu && small) {
+            CHECK(gpu::linear_swiglu_small(x, w, act, M, pr.N, pr.K, B.dt, st));
+            return;
+          }
+          const int N = pr.swiglu ? 2 * pr.N : pr.N;
+          const gpu::BlasStatus bs = small ? (gpu::linear_small(x, w, nullptr, y, M, N, pr.K, B.dt, st) == gpuSuccess
+                                                  ? gpu::BlasStatus::Ok
+                                                  : gpu::BlasStatus::LaunchFailed)
+                                           : gpu::linear(blas, x, w, nullptr, y, M, N, pr.K, B.dt, st);
+          if (bs != gpu::BlasStatus::Ok) {
+            std::fprintf(stderr, "%s M%d: %s\n", pr.name, M, gpu::blas_last_error(blas));
+            std::exit(1);
+          }
+          if (pr.swiglu) CHECK(gpu::silu_mul(y, act, M, pr.N, B.dt, st));
+        };
+        for (int i = 0; i < 5; i++) once();
+        const int reps = 50;
+        CHECK(gpuEventRecord(e0, st));
+        for (int i = 0; i < reps; i++) once();
+        CHECK(gpuEventRecord(e1, st));
+        CHECK(gpuEventSynchronize(e1));
+        float ms = 0;
+        CHECK(gpuEventElapsedTime(&ms, e0, e1));
+        return static_cast<double>(ms) / reps;
+      };
+      const double ms_small = time(true), ms_cublas = time(false);
+      std::printf("%-13s %3d %10.4f %9.0f %10.4f %9.0f\n", pr.name, M, ms_small, wbytes / (ms_small * 1e6), ms_cublas,
+                  wbytes / (ms_cublas * 1e6));
+      emit("{\"kind\": \"projection\", \"model\": \"%s\", \"dtype\": \"%s\", \"projection\": \"%s\", \"M\": %d, "
+           "\"small_ms\": %.5f, \"small_gb_s\": %.1f, \"cublas_ms\": %.5f, \"cublas_gb_s\": %.1f}",
+           model.c_str(), dname, pr.name, M, ms_small, wbytes / (ms_small * 1e6), ms_cublas,
+           wbytes / (ms_cublas * 1e6));
+    }
+  }
+  CHECK(gpuEventDestroy(e0));
+  CHECK(gpuEventDestroy(e1));
+  CHECK(gpuStreamDestroy(st));
+  gpuFree(x);
+  gpuFree(y);
+  gpuFree(act);
+  gpu::blas_destroy(blas);
 }
 
 // Plain causal tokens: n tokens of `slot` at positions [pos, pos + n), the last one's logits.
@@ -260,6 +360,9 @@ int main(int argc, char **argv) {
     std::fprintf(js, fmt, args...);
     first = false;
   };
+  std::vector<int> batches_small;  // the projection table's row counts
+  for (int m : {1, 2, 4, 8})
+    if (m <= gpu::kSmallLinearMaxRows) batches_small.push_back(m);
   const int max_b = std::max(*std::max_element(batches.begin(), batches.end()),
                              *std::max_element(tree_batches.begin(), tree_batches.end()));
   const int max_tree = *std::max_element(trees.begin(), trees.end());
@@ -281,37 +384,36 @@ int main(int argc, char **argv) {
       B.step(pre, &toks);
       if (s == 0) std::printf("prefill of %d tokens: %.2f ms\n", ctx, now_ms() - t0);
     }
-    std::printf("%6s %10s %10s %12s %10s\n", "batch", "ms/step", "tokens/s", "roofline ms", "fraction");
+    bench_projections(B, batches_small, emit, dname, name);
+    std::printf("%6s %7s %10s %10s %12s %10s\n", "batch", "gemm", "ms/step", "tokens/s", "roofline ms", "fraction");
     for (int b : batches) {
-      auto run = [&](int n) {
-        double best = 1e30;
-        for (int s = 0; s < n; s++) {
+      // The default (small-M kernels at b <= 8), then cuBLAS only where that differs.
+      for (bool cublas_only : {false, true}) {
+        if (cublas_only && b > gpu::kSmallLinearMaxRows) continue;
+        const char *gemm = b > gpu::kSmallLinearMaxRows ? "cublas" : cublas_only ? "cublas" : "small";
+        for (int s = 0; s < 5; s++) {  // warm-up (and the graph's capture)
+          StepBatch d;
+          for (int r = 0; r < b; r++) add_chunk(d, r, ctx + s, 1, rnd, B.cfg.vocab_size, true);
+          B.step(d, &toks, cublas_only);
+        }
+        // Median of the steps (positions ctx .. ctx+steps-1).
+        std::vector<double> ts;
+        for (int s = 0; s < steps; s++) {
           StepBatch d;
           for (int r = 0; r < b; r++) add_chunk(d, r, ctx + s, 1, rnd, B.cfg.vocab_size, true);
           const double t0 = now_ms();
-          B.step(d, &toks);
-          best = std::min(best, now_ms() - t0);
+          B.step(d, &toks, cublas_only);
+          ts.push_back(now_ms() - t0);
         }
-        return best;
-      };
-      run(5);  // warm-up
-      // Median of the steps (positions ctx .. ctx+steps-1).
-      std::vector<double> ts;
-      for (int s = 0; s < steps; s++) {
-        StepBatch d;
-        for (int r = 0; r < b; r++) add_chunk(d, r, ctx + s, 1, rnd, B.cfg.vocab_size, true);
-        const double t0 = now_ms();
-        B.step(d, &toks);
-        ts.push_back(now_ms() - t0);
+        std::sort(ts.begin(), ts.end());
+        const double ms = ts[ts.size() / 2];
+        const double bytes = B.weight_bytes() + static_cast<double>(b) * B.kv_read_bytes(ctx + steps / 2);
+        const double roof = bytes / (bw * 1e9) * 1e3;
+        std::printf("%6d %7s %10.3f %10.1f %12.3f %9.1f%%\n", b, gemm, ms, b * 1e3 / ms, roof, 100.0 * roof / ms);
+        emit("{\"kind\": \"decode\", \"model\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"gemm\": \"%s\", \"ctx\": %d, "
+             "\"ms_per_step\": %.4f, \"tokens_per_s\": %.2f, \"roofline_ms\": %.4f, \"roofline_fraction\": %.4f}",
+             name.c_str(), dname, b, gemm, ctx, ms, b * 1e3 / ms, roof, roof / ms);
       }
-      std::sort(ts.begin(), ts.end());
-      const double ms = ts[ts.size() / 2];
-      const double bytes = B.weight_bytes() + static_cast<double>(b) * B.kv_read_bytes(ctx + steps / 2);
-      const double roof = bytes / (bw * 1e9) * 1e3;
-      std::printf("%6d %10.3f %10.1f %12.3f %9.1f%%\n", b, ms, b * 1e3 / ms, roof, 100.0 * roof / ms);
-      emit("{\"kind\": \"decode\", \"model\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"ctx\": %d, \"ms_per_step\": %.4f, "
-           "\"tokens_per_s\": %.2f, \"roofline_ms\": %.4f, \"roofline_fraction\": %.4f}",
-           name.c_str(), dname, b, ctx, ms, b * 1e3 / ms, roof, roof / ms);
     }
     std::printf("verify step (chain trees at context %d), ms:\n%6s", ctx, "tree");
     for (int b : tree_batches) std::printf(" %9s%-3d", "batch ", b);

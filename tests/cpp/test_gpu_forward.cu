@@ -182,9 +182,13 @@ int32_t argmax_of(const std::vector<float> &logits, int r, int V) {
   return argmax(&logits[static_cast<size_t>(r) * V], V);
 }
 
-void run_scenario(bool qwen_like, DType dt, bool graphs) {
+// small: steps of <= 8 tokens (decode, the verify step) run the small-M projections and the
+// fused gate_up + SwiGLU; otherwise every projection goes through cuBLAS.
+void run_scenario(bool qwen_like, DType dt, bool graphs, bool small = true) {
   const TinyModel m = make_tiny(qwen_like, dt);
-  Pair p(m, dt, std::string(qwen_like ? "qwen2-like " : "llama ") + dname(dt) + (graphs ? " graphs" : " no-graphs"));
+  Pair p(m, dt,
+         std::string(qwen_like ? "qwen2-like " : "llama ") + dname(dt) + (graphs ? " graphs" : " no-graphs") +
+             (small ? "" : " cublas-only"));
   const int V = m.cfg.vocab_size;
   p.cpu_kv.assign(static_cast<size_t>(m.cfg.num_layers) * 2 * p.max_requests * p.max_seq * m.cfg.kv_dim(), 0.f);
   gpu::GpuLlamaParams gp;
@@ -197,6 +201,7 @@ void run_scenario(bool qwen_like, DType dt, bool graphs) {
   gp.max_seq = p.max_seq;
   gp.max_tokens = 4;  // the prefill grows the scratch
   gp.cuda_graphs = graphs;
+  if (!small) gp.blas.small_m_rows = 0;
   std::string error;
   p.g = gpu::GpuLlama::create(gp, &error);
   if (!p.g) std::printf("FAIL %s create: %s\n", p.name.c_str(), error.c_str());
@@ -309,5 +314,6 @@ int main(int argc, char **argv) {
   for (DType dt : {DType::F32, DType::F16, DType::BF16})
     for (bool qwen_like : {false, true})
       for (bool graphs : {false, true}) run_scenario(qwen_like, dt, graphs);
+  for (bool qwen_like : {false, true}) run_scenario(qwen_like, DType::F16, true, false);
   return report();
 }

@@ -610,6 +610,51 @@ void test_linear(gpu::Blas *blas, DType dt, int M, int K, int N, bool with_bias,
   }
 }
 
+// The fused gate_up + SwiGLU of small steps against cpu::linear then cpu::silu_mul on the
+// same rounded gate/up values. The kernel's dot products differ from the CPU's in summation
+// order only (stol of the scale, as test_linear), which can move g or u across a rounding
+// boundary of dt: eg, eu below are one ulp of dt plus that. out = silu(g) * u moves by at most
+// |silu'(g)| |u| eg + |silu(g)| eu (|silu'| < 1.1) before its own rounding (rtol).
+void test_linear_swiglu(DType dt, int M, int K, int I) {
+  const auto x = round_to(randu(static_cast<size_t>(M) * K), dt),
+             w = round_to(randu(static_cast<size_t>(2) * I * K), dt);
+  std::vector<float> gu(static_cast<size_t>(M) * 2 * I), scale(gu.size()), ref(static_cast<size_t>(M) * I);
+  cpu::linear(x.data(), w.data(), nullptr, gu.data(), M, 2 * I, K);
+  std::vector<float> ax(x), aw(w);
+  for (float &a : ax) a = std::fabs(a);
+  for (float &a : aw) a = std::fabs(a);
+  cpu::linear(ax.data(), aw.data(), nullptr, scale.data(), M, 2 * I, K);
+  const auto gu_r = round_to(gu, dt);
+  cpu::silu_mul(gu_r.data(), ref.data(), M, I);
+  ref = round_to(ref, dt);
+  DevBuf dx = upload(encode(x, dt)), dw = upload(encode(w, dt)), dy(ref.size() * gpu::dtype_size(dt));
+  GPU_OK(gpu::linear_swiglu_small(dx.p, dw.p, dy.p, M, I, K, dt, nullptr));
+  const auto got = fetch(dy, ref.size(), dt);
+  const double rtol = tol(dt, 0, 1.0 / 1024, 1.0 / 128), stol = 5e-6, f32_ulp = 1.2e-7;
+  double worst = 0;
+  size_t at = 0;
+  for (int m = 0; m < M; m++)
+    for (int c = 0; c < I; c++) {
+      const size_t gi = static_cast<size_t>(m) * 2 * I + c, ui = gi + I, oi = static_cast<size_t>(m) * I + c;
+      const double g = gu_r[gi], u = gu_r[ui], sg = g / (1 + std::exp(-g));
+      const double eg = rtol * std::fabs(g) + stol * scale[gi], eu = rtol * std::fabs(u) + stol * scale[ui];
+      const double bound = (rtol + f32_ulp) * std::fabs(ref[oi]) + 1.1 * std::fabs(u) * eg + std::fabs(sg) * eu + 1e-30;
+      const double r = std::fabs(static_cast<double>(got[oi]) - ref[oi]) / bound;
+      if (!(r <= worst)) {
+        worst = r;
+        at = oi;
+      }
+    }
+  char what[96];
+  std::snprintf(what, sizeof what, "linear_swiglu_small %s M%d K%d I%d", dname(dt), M, K, I);
+  if (worst <= 1.0) {
+    g_pass++;
+  } else {
+    g_fail++;
+    std::printf("FAIL %s: at %zu gpu %.7g ref %.7g (error %.2fx the bound)\n", what, at, got[at], ref[at], worst);
+  }
+}
+
 // SmolLM2-135M's projections (hidden 576, 9 q + 3 kv heads of 64, intermediate 1536, vocab
 // 49152) and a 4096 x 4096 one, for decode (1), small trees (3, 17) and a prefill chunk (128).
 void test_projections() {
@@ -627,10 +672,27 @@ void test_projections() {
   };
   const Shape shapes[] = {{576, 960, true},  {576, 576, false},   {576, 1536, false}, {576, 3072, false},
                           {1536, 576, false}, {576, 49152, false}, {4096, 4096, true}};
-  for (DType dt : kTypes)
+  // M <= 8 runs linear_small (16-byte loads, and one element per lane when K is not a
+  // multiple of 16 bytes: K 63, 90); M > 8 runs cuBLAS.
+  for (DType dt : kTypes) {
     for (const Shape &s : shapes)
       for (int M : {1, 3, 17, 128})
         if (kScale == 1 || M < 128) test_linear(blas, dt, M, s.K, s.N, s.bias);
+    for (int M : {2, 5, 8}) test_linear(blas, dt, M, 576, 960, M != 5);
+    test_linear(blas, dt, 8, 63, 129, true);
+    test_linear(blas, dt, 1, 90, 7, false);
+    test_linear(blas, dt, 9, 576, 960, true);  // the first M through cuBLAS
+    for (int M : {1, 4, 8}) test_linear_swiglu(dt, M, 576, 1536);
+    test_linear_swiglu(dt, 3, 64, 96);
+    test_linear_swiglu(dt, 2, 70, 33);  // the one-element path
+  }
+  gpu::blas_destroy(blas);
+  // cuBLAS at small M too (small_m_rows 0: what FFS_GPU_SMALL_GEMM=0 selects).
+  gpu::BlasOptions cublas_only;
+  cublas_only.small_m_rows = 0;
+  blas = gpu::blas_create(cublas_only, &error);
+  for (DType dt : kTypes)
+    for (int M : {1, 3, 8}) test_linear(blas, dt, M, 576, 1536, M == 3);
   gpu::blas_destroy(blas);
   gpu::BlasOptions tf32;
   tf32.allow_tf32 = true;

@@ -214,6 +214,13 @@ BlasStatus linear(Blas *b, const void *x, const void *w, const void *bias, void 
                     std::to_string(K) + ")";
     return BlasStatus::InvalidValue;
   }
+  if (M <= b->opts.small_m_rows && M <= kSmallLinearMaxRows) {
+    if (const gpuError_t e = linear_small(x, w, bias, y, M, N, K, dt, stream); e != gpuSuccess) {
+      b->last_error = std::string("linear: small-M kernel launch: ") + gpuGetErrorString(e);
+      return BlasStatus::LaunchFailed;
+    }
+    return BlasStatus::Ok;
+  }
   const CublasApi &api = cublas_api();
   cudaDataType type;
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;  // fp32 accumulation; no TF32 unless asked

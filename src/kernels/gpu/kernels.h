@@ -115,6 +115,21 @@ gpuError_t warped_probs_rows(const void *logits, int64_t ld, const int32_t *rows
 gpuError_t gather_token_probs(const float *probs, int vocab, const int32_t *row_of, const int32_t *tokens, int n,
                               float *q, gpuStream_t stream);
 
+// ---- Projections with few rows (linear_small.cu): no cuBLAS ----
+// Decoding at batch <= 8 and small trees: a projection then reads each weight once for at
+// most 8 multiply-adds, so it runs at the speed the weights stream from memory. These batched
+// GEMVs read every weight row once with 16-byte loads and apply it to all M rows.
+constexpr int kSmallLinearMaxRows = 8;
+// linear()'s semantics (below) for 1 <= M <= kSmallLinearMaxRows: fp32 accumulation, bias
+// added in fp32, one rounding; another summation order than cuBLAS's.
+gpuError_t linear_small(const void *x, const void *w, const void *bias, void *y, int M, int N, int K, DType dt,
+                        gpuStream_t stream);
+// out[M, I] = silu(g) * u with g = dt(x · w_gate_up[c]), u = dt(x · w_gate_up[I + c]): the
+// gate_up projection and silu_mul in one pass, bit for bit what linear() into [M, 2I] then
+// silu_mul() compute from the same dot products. w_gate_up [2I, K]; M <= kSmallLinearMaxRows.
+gpuError_t linear_swiglu_small(const void *x, const void *w_gate_up, void *out, int M, int I, int K, DType dt,
+                               gpuStream_t stream);
+
 // ---- Projections (gemm.cu): cuBLAS, loaded at run time ----
 // Built when CMake finds cuBLAS's headers (FFS_HAVE_CUBLAS is then defined for users of the
 // library); nothing links libcublas: the first blas_create dlopens it, trying in order
@@ -133,6 +148,10 @@ struct BlasOptions {
   // workspace never allocates during a GEMM, which CUDA graph capture requires; 32 MiB is
   // NVIDIA's recommendation for Hopper.
   size_t workspace_bytes = size_t(32) << 20;
+  // linear() with M <= this many rows runs linear_small() instead of cuBLAS (0: always
+  // cuBLAS; at most kSmallLinearMaxRows). FFS_GPU_SMALL_GEMM=0 turns it off in the engine, so
+  // benchmarks/gpu/bench_gpu_forward compares the two on the device.
+  int small_m_rows = kSmallLinearMaxRows;
 };
 // Loads cuBLAS (once per process) and creates a handle; null on failure, with *error saying
 // why (every library path tried, or the cuBLAS status).
@@ -149,7 +168,7 @@ const char *blas_last_error(const Blas *b);
 // in] weights: QKV, O, gate_up, down, LM head. x, w, bias, y all of dtype dt; fp32
 // accumulation (CUBLAS_COMPUTE_32F, no reduced-precision split-K reductions) and one rounding
 // on store: with a bias, y is first filled with it and cuBLAS adds x·w^T with beta = 1.
-// y must not overlap x or w. Enqueues on `stream`.
+// y must not overlap x or w. Enqueues on `stream`. M <= opts.small_m_rows: linear_small().
 BlasStatus linear(Blas *b, const void *x, const void *w, const void *bias, void *y, int M, int N, int K, DType dt,
                   gpuStream_t stream);
 

@@ -144,6 +144,7 @@ struct GpuLlama::Impl {
   DeviceBuffer head;  // [R, H] gathered rows + [R, vocab] logits
   DeviceBuffer attn_ws;  // split-KV partial outputs
   bool attention_splits = true;
+  int small_m_rows = 0;  // steps of at most this many tokens fuse gate_up with SwiGLU
   std::vector<uint8_t> logits_host;  // dtype bits of the logits before conversion to fp32
   Blas *blas = nullptr;
   gpuStream_t own_stream = nullptr;  // created by create() when none was given
@@ -286,6 +287,7 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
   m.max_seq = p.max_seq;
   m.use_graphs = p.cuda_graphs;
   m.attention_splits = p.attention_splits;
+  m.small_m_rows = std::min(p.blas.small_m_rows, kSmallLinearMaxRows);
   gpuError_t e = gpuSuccess;
   if (p.stream) {
     m.stream = p.stream;
@@ -470,8 +472,13 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
       if (!gemm(attn, L.wo, nullptr, h2, T, H, Q)) return false;
       if (!check(add_rms_norm(res, h2, m.w(L.ffn_norm), c.rms_norm_eps, h, T, H, m.dt, st), "ffn norm"))
         return false;
-      if (!gemm(h, L.w_gate_up, nullptr, gu, T, 2 * I, H)) return false;
-      if (!check(silu_mul(gu, act, T, I, m.dt, st), "silu_mul")) return false;
+      if (T <= m.small_m_rows) {  // gate_up and SwiGLU in one pass over the weights
+        if (!check(linear_swiglu_small(h, m.w(L.w_gate_up), act, T, I, H, m.dt, st), "gate_up + silu_mul"))
+          return false;
+      } else {
+        if (!gemm(h, L.w_gate_up, nullptr, gu, T, 2 * I, H)) return false;
+        if (!check(silu_mul(gu, act, T, I, m.dt, st), "silu_mul")) return false;
+      }
       if (!gemm(act, L.w_down, nullptr, h2, T, H, I)) return false;
     }
     if (R == 0) return true;
