@@ -105,9 +105,8 @@ def test_the_emulator_finds_what_it_claims(name, schedule):
 # The HIP compile check (src/CMakeLists.txt, FFS_HIP_CHECK): where hipcc was installed at build
 # time, every kernel source and the forward pass were compiled for AMD GPUs with -Wall -Wextra
 # -Werror; each object must carry a code object for every target of FFS_HIP_ARCHS.
-HIP_KERNELS = ["attention", "draft_probs", "embedding", "kv_commit", "linear_small", "rms_norm", "rope", "sampling",
-               "swiglu",
-               "llama_forward_gpu"]  # the forward pass: host code over the kernels, and its own
+HIP_KERNELS = ["attention", "draft_probs", "embedding", "kv_commit", "linear_small", "rms_norm", "rope",
+               "sampling", "swiglu", "llama_forward_gpu"]  # the forward pass: host code over the kernels, and its own
 
 
 def test_kernels_compile_for_amd_gpus():
