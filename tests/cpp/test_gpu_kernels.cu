@@ -226,6 +226,47 @@ void test_rope(DType dt, int scaling) {
                tol(dt, 1e-5, 1e-3, 8e-3), tol(dt, 2e-6, 1e-3, 8e-3));
 }
 
+// rope_kv_store: the rows rotated as rope() (Q and K heads), and the cache holding each token's
+// rotated K and its V at (slot, cache_pos), every other cache position untouched. Tree-like
+// tokens: positions (the rotation) differ from cache positions; GQA with a padded row stride.
+void test_rope_kv_store(DType dt) {
+  const int T = 11, nq = 8, nkv = 2, hd = 64, stride = (nq + 2 * nkv) * hd + 32, kv_dim = nkv * hd;
+  const int slots_n = 3, max_seq = 40;
+  const auto inv = inv_freq_for(hd, 10000.0, 0, 1.0);
+  const auto x = round_to(randu(static_cast<size_t>(T) * stride), dt);
+  const auto cache0 = round_to(randu(static_cast<size_t>(slots_n) * max_seq * kv_dim), dt);
+  std::vector<int32_t> pos(T), slot(T), cpos(T);
+  std::vector<int> order(slots_n * max_seq);
+  for (size_t i = 0; i < order.size(); i++) order[i] = static_cast<int>(i);
+  std::shuffle(order.begin(), order.end(), rng);  // distinct (slot, cache position) per token
+  for (int t = 0; t < T; t++) {
+    slot[t] = order[t] / max_seq;
+    cpos[t] = order[t] % max_seq;
+    pos[t] = std::max(0, cpos[t] - randi(0, 3));  // a tree token sits deeper than its depth
+  }
+  DevBuf dx = upload(encode(x, dt)), dpos = upload(pos), dinv = upload(inv), dslot = upload(slot),
+         dcpos = upload(cpos), dk = upload(encode(cache0, dt)), dv = upload(encode(cache0, dt));
+  GPU_OK(gpu::rope_kv_store(dx.p, T, stride, nq, nkv, hd, dpos.as<int32_t>(), dinv.as<float>(),
+                            dslot.as<int32_t>(), dcpos.as<int32_t>(), dk.p, dv.p, max_seq, dt, nullptr));
+  std::vector<float> ref = x;
+  cpu::rope(ref.data(), T, stride, nq, hd, pos.data(), inv.data());
+  cpu::rope(ref.data() + nq * hd, T, stride, nkv, hd, pos.data(), inv.data());
+  std::vector<float> ref_k = cache0, ref_v = cache0;
+  for (int t = 0; t < T; t++) {
+    const size_t at = (static_cast<size_t>(slot[t]) * max_seq + cpos[t]) * kv_dim;
+    for (int c = 0; c < kv_dim; c++) {
+      ref_k[at + c] = round_to({ref[static_cast<size_t>(t) * stride + nq * hd + c]}, dt)[0];
+      ref_v[at + c] = x[static_cast<size_t>(t) * stride + (nq + nkv) * hd + c];
+    }
+  }
+  const std::string d = dname(dt);
+  expect_close("rope_kv_store rows " + d, fetch(dx, x.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
+               tol(dt, 2e-6, 1e-3, 8e-3));
+  expect_close("rope_kv_store K cache " + d, fetch(dk, ref_k.size(), dt), ref_k, tol(dt, 1e-5, 1e-3, 8e-3),
+               tol(dt, 2e-6, 1e-3, 8e-3));
+  expect_close("rope_kv_store V cache (a copy) " + d, fetch(dv, ref_v.size(), dt), ref_v, 0, 0);
+}
+
 void test_silu_mul(DType dt) {
   const int T = 7, I = 1111 + randi(0, 50);
   const auto gu = round_to(randu(static_cast<size_t>(T) * 2 * I, -6, 6), dt);
@@ -710,6 +751,7 @@ int main(int argc, char **argv) {
     test_embedding(dt);
     test_rms_norm(dt);
     for (int scaling : {0, 1, 2}) test_rope(dt, scaling);
+    test_rope_kv_store(dt);
     test_silu_mul(dt);
     test_kv_commit(dt);
     test_argmax(dt);

@@ -35,6 +35,16 @@ gpuError_t add_rms_norm(void *residual, const void *add, const void *w, float ep
 gpuError_t rope(void *x, int T, int row_stride, int n_heads, int head_dim, const int32_t *positions,
                 const float *inv_freq, DType dt, gpuStream_t stream);
 
+// A step's rope and K/V store in one launch over the fused QKV rows [T, row_stride] (Q heads,
+// then K, then V): rope() on the Q and K heads in place, then cache_k/v[slots[t], cache_pos[t]]
+// = the row's rotated K / its V (cache_k/v [slots, max_seq, n_kv_heads*head_dim]): the CPU's
+// rope then K/V copy. positions (the rotation) and cache_pos (where it is stored) differ for
+// tree tokens.
+gpuError_t rope_kv_store(void *qkv, int T, int row_stride, int n_q_heads, int n_kv_heads, int head_dim,
+                         const int32_t *positions, const float *inv_freq, const int32_t *slots,
+                         const int32_t *cache_pos, void *cache_k, void *cache_v, int max_seq, DType dt,
+                         gpuStream_t stream);
+
 // out[T, I] = silu(gu[:, :I]) * gu[:, I:]   (gu [T, 2I], the fused gate_up layout)
 gpuError_t silu_mul(const void *gu, void *out, int T, int I, DType dt, gpuStream_t stream);
 

@@ -2,11 +2,12 @@
 //   commits memcpy loop        -> kv_commit (all layers, K and V, list order)
 //   embedding memcpy           -> embedding
 //   rms_norm / add_inplace     -> add_rms_norm (the residual add fused into the next norm)
-//   linear (QKV, O, gate_up, down, LM head) -> linear (cuBLAS GemmEx, fp32 accumulation)
-//   rope on Q, rope on K       -> rope once over Q and K heads of the fused QKV row
-//   K/V memcpy into the cache  -> kv_store (below: the one kernel of this file)
+//   linear (QKV, O, gate_up, down, LM head) -> linear (cuBLAS GemmEx, fp32 accumulation;
+//                                 linear_small at <= 8 tokens)
+//   rope on Q, rope on K, K/V memcpy into the cache
+//                              -> rope_kv_store, one launch over the fused QKV rows
 //   attention                  -> attention (same prefix_len / tree_base / tree_mask)
-//   silu_mul                   -> silu_mul
+//   silu_mul                   -> silu_mul (fused into gate_up at <= 8 tokens)
 //   gather logit rows + norm   -> add_rms_norm over all rows, then embedding as a row gather
 // Everything is enqueued on one stream; the step's small int arrays travel in one copy.
 #include "ops/gpu/llama_forward_gpu.h"
@@ -17,40 +18,11 @@
 
 #include "kernels/gpu/dispatch.cuh"
 
-
 namespace ffspec::gpu {
 
 namespace {
 
 static_assert(sizeof(KvMove) == 3 * sizeof(int32_t), "kv_commit reads KvMove as int32 triples");
-
-// cache_k/v[slot[t]][cache_pos[t]] = qkv[t, Q : Q+KV] / qkv[t, Q+KV : Q+2KV] (cpu: the memcpy
-// loop after rope). E: a raw element of the dtype's size; a copy needs no arithmetic.
-template <typename E>
-__global__ void kv_store_kernel(const E *qkv, int qkv_dim, int q_dim, int kv_dim, const int32_t *slots,
-                                const int32_t *cache_pos, E *cache_k, E *cache_v, int max_seq) {
-  const int t = blockIdx.y;
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= kv_dim) return;
-  const E *row = qkv + static_cast<size_t>(t) * qkv_dim + q_dim;
-  const size_t dst = (static_cast<size_t>(slots[t]) * max_seq + cache_pos[t]) * kv_dim + c;
-  cache_k[dst] = row[c];
-  cache_v[dst] = row[kv_dim + c];
-}
-
-gpuError_t kv_store(const void *qkv, int T, int qkv_dim, int q_dim, int kv_dim, const int32_t *slots,
-                    const int32_t *cache_pos, void *cache_k, void *cache_v, int max_seq, DType dt, gpuStream_t stream) {
-  if (T <= 0) return gpuSuccess;
-  const dim3 grid(ceil_div(kv_dim, 128), T);
-  if (dtype_size(dt) == 4) {
-    FFS_LAUNCH(kv_store_kernel<uint32_t>, grid, 128, 0, stream, static_cast<const uint32_t *>(qkv), qkv_dim, q_dim,
-               kv_dim, slots, cache_pos, static_cast<uint32_t *>(cache_k), static_cast<uint32_t *>(cache_v), max_seq);
-  } else {
-    FFS_LAUNCH(kv_store_kernel<uint16_t>, grid, 128, 0, stream, static_cast<const uint16_t *>(qkv), qkv_dim, q_dim,
-               kv_dim, slots, cache_pos, static_cast<uint16_t *>(cache_k), static_cast<uint16_t *>(cache_v), max_seq);
-  }
-  return gpuGetLastError();
-}
 
 // One device allocation that only grows.
 struct DeviceBuffer {
@@ -452,11 +424,9 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
                  "attn norm"))
         return false;
       if (!gemm(h, L.wqkv, c.qkv_bias ? m.w(L.bqkv) : nullptr, qkv, T, QKV, H)) return false;
-      if (!check(rope(qkv, T, QKV, c.num_heads + c.num_kv_heads, c.head_dim, d_pos, m.inv_freq.at<float>(0), m.dt,
-                      st),
-                 "rope"))
-        return false;
-      if (!check(kv_store(qkv, T, QKV, Q, KV, d_slot, d_cpos, ck, cv, m.max_seq, m.dt, st), "kv_store"))
+      if (!check(rope_kv_store(qkv, T, QKV, c.num_heads, c.num_kv_heads, c.head_dim, d_pos,
+                               m.inv_freq.at<float>(0), d_slot, d_cpos, ck, cv, m.max_seq, m.dt, st),
+                 "rope + kv_store"))
         return false;
       AttentionArgs aa = attn_shape;
       aa.q = qkv;
