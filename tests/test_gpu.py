@@ -16,6 +16,8 @@ speculative == incremental, the sampling and MSS distribution tests, the error p
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import subprocess
@@ -123,6 +125,44 @@ def test_kernels_compile_for_amd_gpus():
         data = obj.read_bytes()
         for arch in archs:
             assert f"amdgcn-amd-amdhsa--{arch}".encode() in data, f"{obj} has no code object for {arch}"
+
+
+# benchmarks/gpu/bench_gpu_forward's harness over the emulator, at a tiny shape: the program a
+# lent GPU session runs for its figures must not first fail there. Checks that every table
+# comes out complete and that each timing is a positive, finite number; the figures
+# themselves mean nothing on the emulator.
+def test_gpu_benchmark_harness_on_the_emulator(tmp_path):
+    exe = next(iter(sorted(ROOT.glob("build*/**/benchmarks/gpu/bench_gpu_forward_emu"))), None)
+    if exe is None:
+        pytest.skip(f"no build*/benchmarks/gpu/bench_gpu_forward_emu: {MISSING_EMU}, with FFS_BUILD_TESTS=ON")
+    js = tmp_path / "bench.json"
+    out = subprocess.run([str(exe), "--models", "tiny", "--dtype", "f16", "--batches", "1,9", "--trees", "1,4",
+                          "--tree-batches", "1,2", "--ctx", "24", "--steps", "4", "--copy-mib", "8",
+                          "--json", str(js)], capture_output=True, text=True, timeout=600)
+    text = out.stdout[-6000:] + out.stderr[-3000:]
+    assert out.returncode == 0, text
+    res = json.loads(js.read_text())["results"]
+    by_kind: dict[str, list] = {}
+    for r in res:
+        by_kind.setdefault(r["kind"], []).append(r)
+        for k, v in r.items():
+            if k.endswith(("_ms", "_s", "us", "fraction")) and not k.startswith("per_"):
+                assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, (r, text)
+    # decode: batch 1 small-M kernels, cuBLAS only and without graphs; batch 9 cuBLAS and without graphs
+    assert sorted((r["batch"], r["gemm"]) for r in by_kind["decode"]) == [
+        (1, "cublas"), (1, "nograph"), (1, "small"), (9, "cublas"), (9, "nograph")], text
+    # every projection at M = 1, 2, 4, 8
+    assert len(by_kind["projection"]) == 5 * 4, text
+    assert {r["projection"] for r in by_kind["projection"]} == {"qkv", "o", "gate_up+silu", "down", "lm_head"}
+    # the per-kernel breakdown at both batches (silu_mul fused into gate_up at batch 1), summed
+    # into one line per batch
+    assert sorted(r["batch"] for r in by_kind["kernel"]) == [1] * 12 + [9] * 13, text
+    assert {r["kernel"] for r in by_kind["kernel"] if r["batch"] == 1} == {
+        "add_rms_norm", "qkv", "rope_kv_store", "attention", "o", "gate_up+silu", "down", "final norm",
+        "row gather", "lm_head", "argmax"}, text
+    assert sorted(r["batch"] for r in by_kind["breakdown"]) == [1, 9], text
+    # the verify cost curve: trees 1 and 4 at batches 1 and 2
+    assert sorted((r["tree_tokens"], r["batch"]) for r in by_kind["verify"]) == [(1, 1), (1, 2), (4, 1), (4, 2)]
 
 
 # The engine's GPU path on the emulator: libflexflow_spec_gpuemu is the library with its GPU

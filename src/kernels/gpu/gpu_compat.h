@@ -46,6 +46,7 @@ using gpu_bf16 = hip_bfloat16;
 #define gpuFree hipFree
 #define gpuMemcpy hipMemcpy
 #define gpuMemcpyHostToDevice hipMemcpyHostToDevice
+#define gpuMemcpyDeviceToDevice hipMemcpyDeviceToDevice
 #define gpuMemcpyDeviceToHost hipMemcpyDeviceToHost
 #define gpuDeviceSynchronize hipDeviceSynchronize
 #define gpuMemcpyAsync hipMemcpyAsync
@@ -120,6 +121,7 @@ using gpu_bf16 = __nv_bfloat16;
 #define gpuFree cudaFree
 #define gpuMemcpy cudaMemcpy
 #define gpuMemcpyHostToDevice cudaMemcpyHostToDevice
+#define gpuMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
 #define gpuMemcpyDeviceToHost cudaMemcpyDeviceToHost
 #define gpuDeviceSynchronize cudaDeviceSynchronize
 #define gpuMemcpyAsync cudaMemcpyAsync
