@@ -111,6 +111,35 @@ double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// Mean ms per call of `once` (work enqueued on st) over `reps` back-to-back calls, after 5
+// warm-up calls, timed with events on st.
+template <typename F>
+double ms_per_call(gpuStream_t st, F &&once, int reps) {
+  for (int i = 0; i < 5; i++) once();
+  gpuEvent_t e0, e1;
+  CHECK(gpuEventCreate(&e0));
+  CHECK(gpuEventCreate(&e1));
+  CHECK(gpuEventRecord(e0, st));
+  for (int i = 0; i < reps; i++) once();
+  CHECK(gpuEventRecord(e1, st));
+  CHECK(gpuEventSynchronize(e1));
+  float ms = 0;
+  CHECK(gpuEventElapsedTime(&ms, e0, e1));
+  CHECK(gpuEventDestroy(e0));
+  CHECK(gpuEventDestroy(e1));
+  return static_cast<double>(ms) / reps;
+}
+
+gpu::Blas *blas_or_exit(const gpu::BlasOptions &opts) {
+  std::string error;
+  gpu::Blas *blas = gpu::blas_create(opts, &error);
+  if (!blas) {
+    std::fprintf(stderr, "%s\n", error.c_str());
+    std::exit(1);
+  }
+  return blas;
+}
+
 // Device-to-device copy bandwidth in GB/s, counting bytes read and written.
 double copy_bandwidth(size_t mib) {
   const size_t bytes = mib << 20;
@@ -224,15 +253,11 @@ void bench_breakdown(const Bench &B, int b, int ctx, double step_ms, double step
                      const char *dname, const std::string &model) {
   const LlamaConfig &c = B.cfg;
   const int H = c.hidden_size, I = c.intermediate_size, Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim();
-  const int V = c.vocab_size, small = b <= gpu::kSmallLinearMaxRows;
+  const int V = c.vocab_size;
+  const bool small = b <= gpu::kSmallLinearMaxRows;
   const LayerLayout &L = B.layout.layers[0];
   auto w = [&](size_t off) { return static_cast<const char *>(B.weights) + off * B.es; };
-  std::string error;
-  gpu::Blas *blas = gpu::blas_create(gpu::BlasOptions{}, &error);
-  if (!blas) {
-    std::fprintf(stderr, "%s\n", error.c_str());
-    std::exit(1);
-  }
+  gpu::Blas *blas = blas_or_exit(gpu::BlasOptions{});
   void *res, *h, *h2, *qkv, *attn, *gu, *act, *logits, *ws;
   int32_t *ints, *out;
   const size_t e = B.es;
@@ -268,7 +293,6 @@ void bench_breakdown(const Bench &B, int b, int ctx, double step_ms, double step
   aa.partial = aa.kv_splits > 1 ? static_cast<float *>(ws) : nullptr;
   gpuStream_t st = nullptr;
   CHECK(gpuStreamCreateWithFlags(&st, gpuStreamNonBlocking));
-  aa.q = qkv;
   auto lin = [&](const void *x, size_t w_off, void *y, int N, int K) {
     if (gpu::linear(blas, x, w(w_off), nullptr, y, b, N, K, B.dt, st) != gpu::BlasStatus::Ok) {
       std::fprintf(stderr, "linear: %s\n", gpu::blas_last_error(blas));
@@ -305,22 +329,11 @@ void bench_breakdown(const Bench &B, int b, int ctx, double step_ms, double step
   };
   if (!small)  // fused into gate_up at small batches
     kernels.insert(kernels.begin() + 7, K{"silu_mul", true, [&] { CHECK(gpu::silu_mul(gu, act, b, I, B.dt, st)); }});
-  gpuEvent_t e0, e1;
-  CHECK(gpuEventCreate(&e0));
-  CHECK(gpuEventCreate(&e1));
   std::printf("decode step at batch %d, each kernel alone (attention: %d split(s) of the context):\n", b,
               aa.kv_splits);
   double total_us = 0;
   for (const K &k : kernels) {
-    for (int i = 0; i < 5; i++) k.run();
-    const int reps = 100;
-    CHECK(gpuEventRecord(e0, st));
-    for (int i = 0; i < reps; i++) k.run();
-    CHECK(gpuEventRecord(e1, st));
-    CHECK(gpuEventSynchronize(e1));
-    float ms = 0;
-    CHECK(gpuEventElapsedTime(&ms, e0, e1));
-    const double us = 1e3 * ms / reps, n = k.per_layer ? c.num_layers : 1;
+    const double us = 1e3 * ms_per_call(st, k.run, 100), n = k.per_layer ? c.num_layers : 1;
     total_us += us * n;
     std::printf("  %-14s %9.2f us x %2.0f = %9.1f us\n", k.name, us, n, us * n);
     emit("{\"kind\": \"kernel\", \"model\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"ctx\": %d, \"kernel\": \"%s\", "
@@ -334,8 +347,6 @@ void bench_breakdown(const Bench &B, int b, int ctx, double step_ms, double step
   emit("{\"kind\": \"breakdown\", \"model\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"ctx\": %d, "
        "\"kernels_ms\": %.6g, \"step_ms\": %.6g, \"step_ms_no_graphs\": %.6g}",
        model.c_str(), dname, b, ctx, total_us / 1e3, step_ms, step_ms_nographs);
-  CHECK(gpuEventDestroy(e0));
-  CHECK(gpuEventDestroy(e1));
   CHECK(gpuStreamDestroy(st));
   for (void *p : {res, h, h2, qkv, attn, gu, act, logits, ws, static_cast<void *>(ints), static_cast<void *>(out),
                   static_cast<void *>(inv)})
@@ -349,7 +360,7 @@ template <typename Emit>
 void bench_projections(const Bench &B, const std::vector<int> &rows, Emit emit, const char *dname,
                        const std::string &model) {
   const LlamaConfig &c = B.cfg;
-  const int H = c.hidden_size, I = c.intermediate_size, Q = c.num_heads * c.head_dim, KV = c.kv_dim();
+  const int H = c.hidden_size, I = c.intermediate_size, Q = c.q_dim();
   const LayerLayout &L = B.layout.layers[0];
   struct Proj {
     const char *name;
@@ -357,21 +368,16 @@ void bench_projections(const Bench &B, const std::vector<int> &rows, Emit emit, 
     int N, K;
     bool swiglu;
   };
-  const Proj projs[] = {{"qkv", L.wqkv, Q + 2 * KV, H, false},
+  const Proj projs[] = {{"qkv", L.wqkv, c.qkv_dim(), H, false},
                         {"o", L.wo, H, Q, false},
                         {"gate_up+silu", L.w_gate_up, I, H, true},
                         {"down", L.w_down, H, I, false},
                         {"lm_head", B.layout.lm_head, c.vocab_size, H, false}};
-  std::string error;
-  gpu::BlasOptions cublas_opts;
-  cublas_opts.small_m_rows = 0;
-  gpu::Blas *blas = gpu::blas_create(cublas_opts, &error);
-  if (!blas) {
-    std::fprintf(stderr, "%s\n", error.c_str());
-    std::exit(1);
-  }
+  gpu::BlasOptions cublas_only;
+  cublas_only.small_m_rows = 0;
+  gpu::Blas *blas = blas_or_exit(cublas_only);
   const int max_m = *std::max_element(rows.begin(), rows.end());
-  const size_t max_n = static_cast<size_t>(std::max({2 * I, c.vocab_size, Q + 2 * KV}));
+  const size_t max_n = static_cast<size_t>(std::max({2 * I, c.vocab_size, c.qkv_dim()}));
   void *x = nullptr, *y = nullptr, *act = nullptr;
   CHECK(gpuMalloc(&x, static_cast<size_t>(max_m) * std::max(H, I) * B.es));
   CHECK(gpuMalloc(&y, static_cast<size_t>(max_m) * max_n * B.es));
@@ -379,9 +385,6 @@ void bench_projections(const Bench &B, const std::vector<int> &rows, Emit emit, 
   FFS_LAUNCH(fill_random, 256, 256, 0, nullptr, x, static_cast<size_t>(max_m) * std::max(H, I), B.dt, 1.0f, 7);
   gpuStream_t st = nullptr;
   CHECK(gpuStreamCreateWithFlags(&st, gpuStreamNonBlocking));
-  gpuEvent_t e0, e1;
-  CHECK(gpuEventCreate(&e0));
-  CHECK(gpuEventCreate(&e1));
   std::printf("projections (layer 0, LM head): ms per call and GB/s of weights, small-M kernel vs cuBLAS\n");
   std::printf("%-13s %3s %10s %9s %10s %9s\n", "projection", "M", "small ms", "GB/s", "cuBLAS ms", "GB/s");
   for (const Proj &pr : projs) {
@@ -389,34 +392,24 @@ void bench_projections(const Bench &B, const std::vector<int> &rows, Emit emit, 
     const double wbytes = static_cast<double>(pr.swiglu ? 2 * pr.N : pr.N) * pr.K * B.es;
     for (int M : rows) {
       if (M > gpu::kSmallLinearMaxRows) continue;
-      auto time = [&](bool small) {
-        auto once = [&] {
-          if (pr.swiglu && small) {
-            CHECK(gpu::linear_swiglu_small(x, w, act, M, pr.N, pr.K, B.dt, st));
-            return;
-          }
-          const int N = pr.swiglu ? 2 * pr.N : pr.N;
-          const gpu::BlasStatus bs = small ? (gpu::linear_small(x, w, nullptr, y, M, N, pr.K, B.dt, st) == gpuSuccess
-                                                  ? gpu::BlasStatus::Ok
-                                                  : gpu::BlasStatus::LaunchFailed)
-                                           : gpu::linear(blas, x, w, nullptr, y, M, N, pr.K, B.dt, st);
-          if (bs != gpu::BlasStatus::Ok) {
-            std::fprintf(stderr, "%s M%d: %s\n", pr.name, M, gpu::blas_last_error(blas));
-            std::exit(1);
-          }
-          if (pr.swiglu) CHECK(gpu::silu_mul(y, act, M, pr.N, B.dt, st));
-        };
-        for (int i = 0; i < 5; i++) once();
-        const int reps = 50;
-        CHECK(gpuEventRecord(e0, st));
-        for (int i = 0; i < reps; i++) once();
-        CHECK(gpuEventRecord(e1, st));
-        CHECK(gpuEventSynchronize(e1));
-        float ms = 0;
-        CHECK(gpuEventElapsedTime(&ms, e0, e1));
-        return static_cast<double>(ms) / reps;
-      };
-      const double ms_small = time(true), ms_cublas = time(false);
+      const int N = pr.swiglu ? 2 * pr.N : pr.N;  // weight rows
+      const double ms_small = ms_per_call(
+          st,
+          [&] {
+            if (pr.swiglu) CHECK(gpu::linear_swiglu_small(x, w, act, M, pr.N, pr.K, B.dt, st));
+            else CHECK(gpu::linear_small(x, w, nullptr, y, M, N, pr.K, B.dt, st));
+          },
+          50);
+      const double ms_cublas = ms_per_call(
+          st,
+          [&] {
+            if (gpu::linear(blas, x, w, nullptr, y, M, N, pr.K, B.dt, st) != gpu::BlasStatus::Ok) {
+              std::fprintf(stderr, "%s M%d: %s\n", pr.name, M, gpu::blas_last_error(blas));
+              std::exit(1);
+            }
+            if (pr.swiglu) CHECK(gpu::silu_mul(y, act, M, pr.N, B.dt, st));
+          },
+          50);
       std::printf("%-13s %3d %10.4f %9.0f %10.4f %9.0f\n", pr.name, M, ms_small, wbytes / (ms_small * 1e6), ms_cublas,
                   wbytes / (ms_cublas * 1e6));
       emit("{\"kind\": \"projection\", \"model\": \"%s\", \"dtype\": \"%s\", \"projection\": \"%s\", \"M\": %d, "
@@ -425,8 +418,6 @@ void bench_projections(const Bench &B, const std::vector<int> &rows, Emit emit, 
            wbytes / (ms_cublas * 1e6));
     }
   }
-  CHECK(gpuEventDestroy(e0));
-  CHECK(gpuEventDestroy(e1));
   CHECK(gpuStreamDestroy(st));
   gpuFree(x);
   gpuFree(y);
@@ -506,9 +497,6 @@ int main(int argc, char **argv) {
     std::fprintf(js, fmt, args...);
     first = false;
   };
-  std::vector<int> batches_small;  // the projection table's row counts
-  for (int m : {1, 2, 4, 8})
-    if (m <= gpu::kSmallLinearMaxRows) batches_small.push_back(m);
   const int max_b = std::max(*std::max_element(batches.begin(), batches.end()),
                              *std::max_element(tree_batches.begin(), tree_batches.end()));
   const int max_tree = *std::max_element(trees.begin(), trees.end());
@@ -530,7 +518,7 @@ int main(int argc, char **argv) {
       B.step(pre, &toks);
       if (s == 0) std::printf("prefill of %d tokens: %.2f ms\n", ctx, now_ms() - t0);
     }
-    bench_projections(B, batches_small, emit, dname, name);
+    bench_projections(B, {1, 2, 4, 8}, emit, dname, name);
     std::printf("%6s %7s %10s %10s %12s %10s\n", "batch", "gemm", "ms/step", "tokens/s", "roofline ms", "fraction");
     std::vector<std::pair<int, std::pair<double, double>>> step_times;  // batch -> (graphs, no graphs) ms
     for (int b : batches) {
@@ -539,20 +527,19 @@ int main(int argc, char **argv) {
       double ms_default = 0;
       for (Bench::Variant var : {Bench::kDefault, Bench::kCublasOnly, Bench::kNoGraphs}) {
         if (var == Bench::kCublasOnly && b > gpu::kSmallLinearMaxRows) continue;
-        const char *gemm = var == Bench::kNoGraphs      ? "nograph"
-                           : b > gpu::kSmallLinearMaxRows ? "cublas"
-                           : var == Bench::kCublasOnly   ? "cublas"
-                                                         : "small";
-        for (int s = 0; s < 5; s++) {  // warm-up (and the graph's capture)
+        const char *gemm = var == Bench::kNoGraphs                                      ? "nograph"
+                           : var == Bench::kCublasOnly || b > gpu::kSmallLinearMaxRows ? "cublas"
+                                                                                         : "small";
+        auto decode = [&](int s) {  // one token for each of the b sequences at position ctx + s
           StepBatch d;
           for (int r = 0; r < b; r++) add_chunk(d, r, ctx + s, 1, rnd, B.cfg.vocab_size, true);
-          B.step(d, &toks, var);
-        }
+          return d;
+        };
+        for (int s = 0; s < 5; s++) B.step(decode(s), &toks, var);  // warm-up (and the graph's capture)
         // Median of the steps (positions ctx .. ctx+steps-1).
         std::vector<double> ts;
         for (int s = 0; s < steps; s++) {
-          StepBatch d;
-          for (int r = 0; r < b; r++) add_chunk(d, r, ctx + s, 1, rnd, B.cfg.vocab_size, true);
+          const StepBatch d = decode(s);
           const double t0 = now_ms();
           B.step(d, &toks, var);
           ts.push_back(now_ms() - t0);

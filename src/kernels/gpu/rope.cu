@@ -6,9 +6,10 @@
 namespace ffspec::gpu {
 
 namespace {
-// Heads [0, n_rot) of each row rotate in place. STORE (rope_kv_store): the row is Q, K, V
-// heads; K heads (from k_head on) also go to cache_k at the token's slot and cache position,
-// and the V heads after them are copied to cache_v unrotated (n_heads counts Q + K + V heads).
+// rope(): heads [0, n_heads) of each row rotate in place. STORE (rope_kv_store): n_heads counts
+// the row's Q, K and V heads; heads before v_head rotate in place, the K heads [k_head, v_head)
+// also go to cache_k at the token's slot and cache position, and the V heads from v_head on are
+// copied there to cache_v unrotated.
 template <typename T, bool STORE>
 __global__ void rope_kernel(T *x, int T_, int row_stride, int n_heads, int half, const int32_t *positions,
                             const float *inv_freq, int k_head, int v_head, const int32_t *slots,
