@@ -8,7 +8,7 @@ import time
 import flexflow_spec as ff
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m flexflow_spec", description=__doc__)
     ap.add_argument("--model", help="checkpoint directory, .gguf file or HF id (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--prompt", action="append", help="prompt (repeatable)")
@@ -18,15 +18,22 @@ def main() -> None:
     ap.add_argument("--topp", type=float, default=0.8)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--num-cpus", type=int, default=None)
+    ap.add_argument("--num-gpus", type=int, default=0, help="GPUs to run the models on (default: 0, the CPU)")
     ap.add_argument("--ssm", action="append", help="SSM checkpoint (repeatable; default: the model in fp16)")
     ap.add_argument("--no-speculation", action="store_true", help="incremental decoding only")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     model = args.model
     if model is None:
         from flexflow_spec.fixtures import smollm2_gguf
         model = str(smollm2_gguf())
     init = {} if args.num_cpus is None else {"num_cpus": args.num_cpus}
+    if args.num_gpus:
+        init["num_gpus"] = args.num_gpus
     ff.init(**init)
     llm = ff.LLM(model, data_type=ff.DataType.DT_FLOAT)
     cfg = ff.GenerationConfig(do_sample=args.do_sample, temperature=args.temperature, topp=args.topp, seed=args.seed)
