@@ -99,6 +99,9 @@ def gpu_info() -> dict:
             "why": ffi.string(info.why).decode(errors="replace")}
 
 
+_GPU_OUTSIDE_POOL_MIB = 128 + 1024
+
+
 def _plan_gpu(s: dict) -> int:
     """Check that num_gpus can be honoured; returns the framebuffer pool size in MiB."""
     n = s["num_gpus"]
@@ -112,10 +115,15 @@ def _plan_gpu(s: dict) -> int:
     # The default pool is the core's (ffs_gpu_probe): what is left after the CUDA context,
     # cuBLAS and the step's scratch, which live outside Legion.
     want = s["memory_per_gpu"] or info["default_pool_mib"]
-    if s["memory_per_gpu"] and want > free - 512:
+    # Outside the pool: Realm's intermediate buffers (-ll:ib_fsize, 128 MiB by default), the
+    # CUDA context and lazily loaded kernels, cuBLAS and its workspace, the step's activations,
+    # LM-head scratch and CUDA graphs.
+    outside = _GPU_OUTSIDE_POOL_MIB
+    if s["memory_per_gpu"] and want > free - outside:
         raise OutOfMemoryError(
             f"ff.init(memory_per_gpu={want}) MiB: GPU 0 ({info['name']}) has {free} MiB free of {total}; "
-            "leave at least 512 MiB outside the pool for the CUDA context, cuBLAS and the step's scratch")
+            f"leave at least {outside} MiB outside the pool for Realm's buffers, the CUDA context, cuBLAS and "
+            f"the step's scratch (memory_per_gpu <= {max(0, free - outside)})")
     if want < 256:
         raise OutOfMemoryError(f"ff.init(num_gpus={n}): GPU 0 ({info['name']}) has only {free} MiB free of "
                                f"{total}; {want} MiB would be left for the framebuffer pool (memory_per_gpu)")
@@ -167,6 +175,7 @@ def init(configs_dict: dict | None = None, **kwargs) -> dict:
         atexit.register(_shutdown)
         got = int(lib.ffs_runtime_num_gpus())
         if got < settings["num_gpus"]:
+            _settings["num_gpus"] = got  # what later calls report: models run on the CPU
             raise InternalError(f"ff.init(num_gpus={settings['num_gpus']}): Legion started with {got} GPU "
                                 "processor(s) (see its log above); models will run on the CPU")
     return dict(settings)

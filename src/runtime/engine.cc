@@ -312,6 +312,7 @@ void *instance_base(const PhysicalRegion &pr, size_t esize) {
 #ifdef FFS_GPU_EMU_ENGINE
 int task_device(const Task *) { return 0; }  // the emulator's one device
 void *task_stream() { return engine_gpu::thread_stream(); }
+void gpu_task_begin() {}
 #else
 int task_device(const Task *task) {
   int device = 0;
@@ -321,14 +322,15 @@ int task_device(const Task *task) {
 }
 
 // Everything a GPU task enqueues goes on Realm's stream for the task, and it waits for it
-// before returning, so Realm need not synchronize the whole context afterwards.
-void *task_stream() {
-  Realm::Cuda::set_task_ctxsync_required(false);
-  return Realm::Cuda::get_task_cuda_stream();
-}
+// before returning, so Realm need not synchronize the whole context afterwards. Said first
+// thing in every GPU task: an idle step or an early error would otherwise leave Realm's
+// default (a whole-context sync at the task's end; the runtime hijack is off).
+void gpu_task_begin() { Realm::Cuda::set_task_ctxsync_required(false); }
+void *task_stream() { return Realm::Cuda::get_task_cuda_stream(); }
 #endif
 
 StepResult gpu_step_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
+  gpu_task_begin();
   try {
     const double start = now_us();
     StepBatch b;
@@ -349,6 +351,10 @@ StepResult gpu_step_task(const Task *task, const std::vector<PhysicalRegion> &re
 }
 
 int32_t gpu_load_weights_task(const Task *task, const std::vector<PhysicalRegion> &regions, Context, Runtime *) {
+  gpu_task_begin();
+  // Realm pins the GPU processor's thread to one core; the loader's conversion threads
+  // inherit the mask (see use_all_process_cpus).
+  use_all_process_cpus();
   return run_load(task, [&](ModelHandle *m) {
     engine_gpu::load_weights(m, task_device(task),
                              instance_base<LEGION_WRITE_DISCARD>(regions[0], engine_gpu::storage_bytes(m->data_type)),
@@ -402,8 +408,11 @@ void do_compile(Context ctx, Runtime *rt, ModelHandle *m) {
     std::lock_guard<std::mutex> lock(st().mu);
     const size_t need = p.bytes, cap = p.gpu ? st().fb_capacity : st().sysmem_capacity;
     const size_t used = p.gpu ? st().fb_used : st().sysmem_used;
-    // Leave room for Legion's own instances and future buffers.
-    const size_t usable = cap > (64ull << 20) ? cap - (64ull << 20) : 0;
+    // Leave room for Legion's own instances and future buffers, and for its eager pool: Legion
+    // sets LEGION_DEFAULT_EAGER_ALLOC_PERCENTAGE (1 %) of every memory aside, and an instance
+    // that does not fit the rest fails in the mapper (an abort), not here.
+    const size_t reserved = cap / 100 + (64ull << 20);
+    const size_t usable = cap > reserved ? cap - reserved : 0;
     if (used + need > usable)
       fail(FFS_ERR_OUT_OF_MEMORY,
            "model " + m->path + " needs " + std::to_string(need >> 20) + " MiB of Legion " +
@@ -801,6 +810,8 @@ void driver_main(std::promise<void> ready) {
   }
   // The chains' futures must go before the runtime does (their destructors call into it).
   while (!g_pipes.empty()) drain_pipe(g_pipes.begin()->first);
+  // No step runs any more: free the GPU objects while Realm's streams and context still exist.
+  engine_gpu::release_all();
   rt->finish_implicit_task(ctx);
 }
 

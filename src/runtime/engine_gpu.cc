@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -11,6 +12,7 @@
 #include "runtime/engine.h"
 #include "serve/sampling.h"
 #include "util/error.h"
+#include "util/log.h"
 #include "weights/checkpoint.h"
 
 #ifdef FFS_HAVE_GPU_FORWARD
@@ -37,6 +39,7 @@ StepResult step(ModelHandle *, int, const StepBatch &, void *, void *, void *) {
 }
 std::string unsupported(const ModelHandle *) { return "this build of flexflow_spec has no GPU backend"; }
 void release(int) {}
+void release_all() {}
 void *thread_stream() { fail(FFS_ERR_UNSUPPORTED, "no GPU backend in this build"); }
 
 #else
@@ -57,9 +60,13 @@ void check(gpuError_t e, const std::string &what) {
 struct Bound {
   std::unique_ptr<gpu::GpuLlama> llama;
   void *weights = nullptr, *kv = nullptr;
+  bool graph_error_logged = false;
 };
 std::mutex g_mu;
-std::map<std::pair<int, int>, std::shared_ptr<Bound>> g_bound;
+// Never destroyed: CUDA objects must not die in a static destructor, after the CUDA runtime's
+// and cuBLAS's own exit handlers and Realm's teardown have run. release_all() frees them on
+// the driver thread while the runtime still runs.
+auto &g_bound = *new std::map<std::pair<int, int>, std::shared_ptr<Bound>>;
 
 std::shared_ptr<Bound> bound_for(ModelHandle *m, int device, void *weights, void *kv, gpuStream_t stream) {
   const auto key = std::make_pair(m->id, device);
@@ -90,7 +97,14 @@ std::shared_ptr<Bound> bound_for(ModelHandle *m, int device, void *weights, void
   std::string error;
   auto b = std::make_shared<Bound>();
   b->llama = gpu::GpuLlama::create(p, &error);
-  if (!b->llama) fail(FFS_ERR_INTERNAL, "model " + m->path + " on GPU " + std::to_string(device) + ": " + error);
+  if (!b->llama) {
+    // Scratch, activations, cuBLAS and graphs live outside Legion's framebuffer pool.
+    if (error.find("out of memory") != std::string::npos)
+      fail(FFS_ERR_OUT_OF_MEMORY, "model " + m->path + " on GPU " + std::to_string(device) + ": " + error +
+                                      " (the step's buffers live outside the Legion pool: lower ff.init(memory_per_gpu=...)"
+                                      " or max_tokens_per_batch)");
+    fail(FFS_ERR_INTERNAL, "model " + m->path + " on GPU " + std::to_string(device) + ": " + error);
+  }
   b->weights = weights;
   b->kv = kv;
   std::lock_guard<std::mutex> lock(g_mu);
@@ -108,6 +122,9 @@ std::string unsupported(const ModelHandle *m) {
     return "model " + m->path + " has head_dim " + std::to_string(c.head_dim) +
            ", which the GPU attention kernel does not support (8, 16, 32, 64, 128, 256); run it on the CPU "
            "(ff.init(num_gpus=0))";
+  if (m->limits.max_tokens_per_batch > gpu::kMaxStepTokens)
+    return "max_tokens_per_batch " + std::to_string(m->limits.max_tokens_per_batch) + " exceeds " +
+           std::to_string(gpu::kMaxStepTokens) + ", the most tokens a GPU step takes";
   return "";
 }
 
@@ -148,6 +165,8 @@ void load_weights(ModelHandle *m, int device, void *device_weights, void *stream
   gpu::GpuLlama::Staging staging;  // one pinned buffer for every tensor
   load_weights_streamed(*m->checkpoint, m->config, m->layout, m->data_type,
                         [&](size_t offset, const float *data, size_t n) {
+                          // Called from the loader's worker threads: the device is per thread.
+                          check(gpuSetDevice(device), "cudaSetDevice");
                           if (!gpu::GpuLlama::upload(data, n, dt, static_cast<char *>(device_weights) + offset * es,
                                                      s, &error, &staging))
                             fail(FFS_ERR_INTERNAL, "model " + m->path + ": " + error);
@@ -177,6 +196,10 @@ StepResult step(ModelHandle *m, int device, const StepBatch &b, void *device_wei
     out.tokens = r.tokens.data();
     if (!bd->llama->step(b, out, &error)) fail(FFS_ERR_INTERNAL, error);
   }
+  if (!bd->graph_error_logged && !bd->llama->graph_error().empty()) {
+    bd->graph_error_logged = true;
+    FFS_WARN("gpu", "model " << m->path << " on GPU " << device << ": " << bd->llama->graph_error());
+  }
   r.compute_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   r.ok = 1;
   return r;
@@ -191,12 +214,13 @@ void *thread_stream() {
   return s;
 }
 
-void release(int model_id) {
+namespace {
+void release_where(const std::function<bool(int)> &which) {
   std::vector<std::pair<int, std::shared_ptr<Bound>>> drop;
   {
     std::lock_guard<std::mutex> lock(g_mu);
     for (auto it = g_bound.begin(); it != g_bound.end();) {
-      if (it->first.first == model_id) {
+      if (which(it->first.first)) {
         drop.emplace_back(it->first.second, it->second);
         it = g_bound.erase(it);
       } else {
@@ -209,6 +233,10 @@ void release(int model_id) {
     d.second.reset();  // frees the scratch and the cuBLAS handle on that device
   }
 }
+}  // namespace
+
+void release(int model_id) { release_where([model_id](int id) { return id == model_id; }); }
+void release_all() { release_where([](int) { return true; }); }
 
 #endif
 

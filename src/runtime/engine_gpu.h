@@ -54,7 +54,9 @@ StepResult step(ModelHandle *m, int device, const StepBatch &b, void *device_wei
 // (FFS_GPU_EMU_ENGINE) use it where a real GPU task is given Realm's stream for the task.
 void *thread_stream();
 
-// Frees what step() keeps for model_id (scratch, cuBLAS handle) on every device.
+// Frees what step() keeps for model_id (scratch, cuBLAS handle, graphs) on every device.
 void release(int model_id);
+// The same for every model: the driver thread calls it before the runtime stops.
+void release_all();
 
 }  // namespace ffspec::engine_gpu

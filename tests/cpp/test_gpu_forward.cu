@@ -184,11 +184,14 @@ int32_t argmax_of(const std::vector<float> &logits, int r, int V) {
 
 // small: steps of <= 8 tokens (decode, the verify step) run the small-M projections and the
 // fused gate_up + SwiGLU; otherwise every projection goes through cuBLAS.
-void run_scenario(bool qwen_like, DType dt, bool graphs, bool small = true) {
+// capture_fails (emulator only): the first capture's first launch fails, as one can only
+// under capture on a GPU; the step must still be right (run eagerly), and graphs go off with
+// the reason in graph_error().
+void run_scenario(bool qwen_like, DType dt, bool graphs, bool small = true, bool capture_fails = false) {
   const TinyModel m = make_tiny(qwen_like, dt);
   Pair p(m, dt,
          std::string(qwen_like ? "qwen2-like " : "llama ") + dname(dt) + (graphs ? " graphs" : " no-graphs") +
-             (small ? "" : " cublas-only"));
+             (small ? "" : " cublas-only") + (capture_fails ? " capture-fails" : ""));
   const int V = m.cfg.vocab_size;
   p.cpu_kv.assign(static_cast<size_t>(m.cfg.num_layers) * 2 * p.max_requests * p.max_seq * m.cfg.kv_dim(), 0.f);
   gpu::GpuLlamaParams gp;
@@ -207,6 +210,9 @@ void run_scenario(bool qwen_like, DType dt, bool graphs, bool small = true) {
   if (!p.g) std::printf("FAIL %s create: %s\n", p.name.c_str(), error.c_str());
   EXPECT(p.g != nullptr);
   if (!p.g) return;
+#ifdef FFS_GPU_EMU
+  if (capture_fails) emu::fail_next_captured_launch();
+#endif
   std::uniform_int_distribution<int> tok(0, V - 1);
 
   // Prefill: slot 0 (20 tokens) and slot 2 (13 tokens); rows: a middle token of slot 0, the
@@ -233,11 +239,19 @@ void run_scenario(bool qwen_like, DType dt, bool graphs, bool small = true) {
     len0++;
     len2++;
   }
-  // The three decode steps share one shape: with graphs, one was captured and replayed twice
-  // (each step above was still compared with the CPU).
-  if (graphs && p.g->num_graphs() < 1) std::printf("FAIL %s: no CUDA graph captured\n", p.name.c_str());
-  EXPECT(!graphs || p.g->num_graphs() >= 1);
-  EXPECT(graphs || p.g->num_graphs() == 0);
+  // The three decode steps share one shape: with graphs, the first ran eagerly, the second
+  // was captured, the third replayed it (each step above was still compared with the CPU).
+  if (capture_fails) {
+    if (p.g->num_graphs() != 0 || p.g->graph_error().find("capture") == std::string::npos)
+      std::printf("FAIL %s: %zu graphs after a failed capture, graph_error \"%s\"\n", p.name.c_str(),
+                  p.g->num_graphs(), p.g->graph_error().c_str());
+    EXPECT(p.g->num_graphs() == 0 && p.g->graph_error().find("capture") != std::string::npos);
+  } else {
+    if (graphs && p.g->num_graphs() < 1) std::printf("FAIL %s: no CUDA graph captured\n", p.name.c_str());
+    EXPECT(!graphs || p.g->num_graphs() >= 1);
+    EXPECT(graphs || p.g->num_graphs() == 0);
+    EXPECT(p.g->graph_error().empty());
+  }
 
   // Verification: slot 0's pending token (the root, at L = len0) and a 6-node tree after it
   // at cache positions L+1+j; slot 2 decodes a plain token in the same batch.
@@ -315,5 +329,8 @@ int main(int argc, char **argv) {
     for (bool qwen_like : {false, true})
       for (bool graphs : {false, true}) run_scenario(qwen_like, dt, graphs);
   for (bool qwen_like : {false, true}) run_scenario(qwen_like, DType::F16, true, false);
+#ifdef FFS_GPU_EMU
+  run_scenario(false, DType::F16, true, true, true);
+#endif
   return report();
 }

@@ -568,6 +568,39 @@ void test_sampling(DType dt, int vocab, float temperature, float topp, int topk,
   EXPECT(dout.get<int32_t>(1)[0] == argmax(logits.data(), vocab));
 }
 
+// The untruncated draw's boundaries at a full vocabulary: a token is drawn when u * Z falls in
+// [its running mass before, that plus its mass). Summed in fp32, consecutive boundaries need not
+// meet; a draw that lands between them must still go to the token whose interval ends after
+// it, not to the "nothing crossed" fallback (the last token with mass). Here the last token's
+// mass is ~e^-80 of the others', so a correct sampler draws it with probability ~1e-7 (the
+// fallback for u * Z past the scan's total); in N draws: none.
+void test_sampling_tail(DType dt) {
+  // On a GPU: a LLaMA-3 vocabulary and 40000 draws, where the gap bug gave ~15-30 tail draws
+  // (0.035-0.07 % in a float32 model of the scan); the emulator runs a smaller smoke case.
+  const int vocab = 128256 / kScale, N = 40000 / (kScale * kScale);
+  auto logits = randu(vocab, -4, 4);
+  logits[vocab - 1] = -80.0f;
+  logits = round_to(logits, dt);
+  std::vector<gpu::SampleParams> params(N);
+  const uint64_t seed = rng();
+  for (int i = 0; i < N; i++) params[i] = {1, 1.0f, 1.0f, 0, seed, static_cast<uint64_t>(i)};
+  DevBuf dl = upload(encode(logits, dt)), dp = upload(params), dout(N * 4);
+  GPU_OK(gpu::sample_rows(dl.p, 0, N, vocab, dp.as<gpu::SampleParams>(), dout.as<int32_t>(), dt, nullptr));
+  const auto got = dout.get<int32_t>(N);
+  int tail = 0, bad = 0;
+  for (int i = 0; i < N; i++) {
+    tail += got[i] == vocab - 1;
+    bad += got[i] < 0 || got[i] >= vocab;
+  }
+  if (tail || bad) {
+    g_fail++;
+    std::printf("FAIL sampling tail %s vocab=%d: %d of %d draws went to the last token (mass ~e^-80), %d out of "
+                "range\n", dname(dt), vocab, tail, N, bad);
+  } else {
+    g_pass++;
+  }
+}
+
 // Warped distributions of selected rows and the per-node gathers, against warped_probs.
 void test_draft_probs(DType dt) {
   const int rows_total = 6, vocab = 3000 + randi(0, 1000);
@@ -774,6 +807,7 @@ int main(int argc, char **argv) {
     test_sampling(dt, 5000, 1.0f, 0.9f, 0, false);     // top-p alone (candidates + full-row mass)
     test_sampling(dt, 3000, 1.0f, 1.0f, 40, true);     // top-k boundary on tied logits
     test_draft_probs(dt);
+    test_sampling_tail(dt);
   }
 #ifdef FFS_HAVE_CUBLAS
   test_projections();

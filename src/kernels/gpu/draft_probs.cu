@@ -15,7 +15,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   const T *row = logits + static_cast<int64_t>(rows[blockIdx.x]) * ld;
   const SampleParams sp = params[blockIdx.x];
   float *p = probs + static_cast<size_t>(blockIdx.x) * vocab;
-  const float inv_t = 1.0f / (sp.temperature > 0.0f ? sp.temperature : 1.0f);
+  const float inv_t = inv_temperature(sp);
   if (untruncated(sp, vocab)) {
     float part = 0.0f;
     const float mx = to_f32(row[block_argmax(row, vocab, s.fscratch, s.iscratch)]);

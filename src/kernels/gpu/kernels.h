@@ -106,6 +106,9 @@ struct SampleParams {
   int32_t topk;       // <= 0 or >= vocab: off
   uint64_t seed, counter;
 };
+// Most tokens (and logit rows) one step takes: several kernels put the token on grid.y.
+constexpr int kMaxStepTokens = 65535;
+
 // Largest candidate set the truncated paths keep (top-k above it is cut to it; top-p alone
 // is computed over the top kMaxCandidates tokens: see docs/gpu_kernels.md).
 constexpr int kMaxCandidates = 4096;

@@ -6,7 +6,7 @@ namespace ffspec::gpu {
 
 namespace {
 template <typename T>
-__global__ void add_rms_norm_kernel(T *residual, const T *add, const T *w, float eps, T *out, int H) {
+__global__ void __launch_bounds__(1024) add_rms_norm_kernel(T *residual, const T *add, const T *w, float eps, T *out, int H) {
   __shared__ float scratch[32];
   const size_t off = static_cast<size_t>(blockIdx.x) * H;
   T *x = residual + off;

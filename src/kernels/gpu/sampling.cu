@@ -14,7 +14,10 @@ __global__ void __launch_bounds__(kSampleThreads) argmax_kernel(const T *logits,
 }
 
 // Draw over the whole row in id order, like the CPU's draw_from: the first token whose
-// running mass exceeds u * Z (rounding leaves none: the last token with mass).
+// running mass exceeds u * Z (rounding leaves none: the last token with mass). "Exceeds" is
+// tested on each token's own end (before + w), never "before <= target" as well: the fp32
+// scan's `before` of one token need not equal the rounded end of the one ahead of it, and a
+// target in such a gap would match no token and fall through to the last one.
 template <typename T>
 __device__ int draw_untruncated(const T *row, int vocab, float inv_t, double u, PlanSmem &s) {
   float part = 0.0f;
@@ -29,7 +32,7 @@ __device__ int draw_untruncated(const T *row, int vocab, float inv_t, double u, 
     const float w = i < vocab ? expf((to_f32(row[i]) - mx) * inv_t) : 0.0f;
     float tot;
     const float before = running + block_excl_scan(w, s.fscratch, &tot);
-    if (w > 0.0f && before <= target && target < before + w) atomicMin(reinterpret_cast<unsigned *>(&s.found), i);
+    if (w > 0.0f && target < before + w) atomicMin(reinterpret_cast<unsigned *>(&s.found), i);
     if (w > 0.0f) last = i;
     running += tot;
     __syncthreads();
@@ -55,7 +58,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   if (!sp.do_sample) {
     tok = block_argmax(row, vocab, s.fscratch, s.iscratch);
   } else {
-    const float inv_t = 1.0f / (sp.temperature > 0.0f ? sp.temperature : 1.0f);
+    const float inv_t = inv_temperature(sp);
     const double u = uniform01(sp.seed, sp.counter);
     if (untruncated(sp, vocab)) {
       tok = draw_untruncated(row, vocab, inv_t, u, s);

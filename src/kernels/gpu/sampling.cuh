@@ -29,9 +29,10 @@ __device__ __forceinline__ double uniform01(uint64_t seed, uint64_t counter) {
   return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
 }
 
-// Order-preserving key: a > b as floats <=> key(a) > key(b) as unsigned.
+// Order-preserving key: a > b as floats <=> key(a) > key(b) as unsigned; -0 and +0 are one
+// key (equal logits: the tie goes to the lower id, as on the CPU).
 __device__ __forceinline__ uint32_t order_key(float f) {
-  const uint32_t u = __float_as_uint(f);
+  const uint32_t u = __float_as_uint(f == 0.0f ? 0.0f : f);
   return u ^ ((u >> 31) ? 0xFFFFFFFFu : 0x80000000u);
 }
 
@@ -113,6 +114,12 @@ struct PlanSmem {
 __device__ __forceinline__ int cand_id(uint64_t c) { return static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(c)); }
 
 // True when the row keeps every token (no top-k, no top-p).
+// 1 / T (T <= 0: 1), finite: a subnormal T would give inf and (max - max) * inf = NaN; the
+// clamp still sends every lower logit's weight to 0, as the CPU's division does.
+__device__ __forceinline__ float inv_temperature(const SampleParams &sp) {
+  return fminf(1.0f / (sp.temperature > 0.0f ? sp.temperature : 1.0f), 3.0e38f);
+}
+
 __device__ __forceinline__ bool untruncated(const SampleParams &sp, int vocab) {
   return !(sp.topk > 0 && sp.topk < vocab) && !(sp.topp > 0.0f && sp.topp < 1.0f);
 }
@@ -222,7 +229,9 @@ __device__ void plan_truncated(const T *row, int vocab, const SampleParams &sp, 
   if (sp.topp > 0.0f && sp.topp < 1.0f) {
     const float target = sp.topp * z;
     for (int j = threadIdx.x; j < count; j += blockDim.x)
-      if (s.cum[j] >= target && (j == 0 || s.cum[j - 1] < target)) s.n_keep = j + 1;
+      // fp32 cum may dip by an ulp where one thread's run meets the next, so two j can
+      // qualify: the first one wins.
+      if (s.cum[j] >= target && (j == 0 || s.cum[j - 1] < target)) atomicMin(&s.n_keep, j + 1);
     __syncthreads();
   }
 }

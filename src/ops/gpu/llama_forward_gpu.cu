@@ -97,6 +97,7 @@ struct GraphKey {
 };
 constexpr int kMaxGraphTokens = 512;  // larger steps (prefill chunks) run uncaptured
 constexpr size_t kMaxGraphs = 64;
+constexpr size_t kMaxSeenShapes = 256;  // shapes run once, uncaptured, awaiting a second sighting
 
 }  // namespace
 
@@ -126,6 +127,8 @@ struct GpuLlama::Impl {
   bool use_graphs = true;
   gpuStream_t capture_stream = nullptr;
   std::vector<std::pair<GraphKey, gpuGraphExec_t>> graphs;
+  std::vector<GraphKey> seen;  // shapes run once without a graph (most recent last)
+  std::string graph_error;     // why capturing was given up (empty while graphs work)
 
   ~Impl() {
     drop_graphs();
@@ -146,6 +149,16 @@ struct GpuLlama::Impl {
         return hit.second;
       }
     return nullptr;
+  }
+  // A shape is captured the second time it is seen: its first run goes eagerly, which also
+  // lets cuBLAS and the driver's lazy module loading set themselves up outside a capture, and
+  // a prompt length seen once costs no capture.
+  bool seen_before(const GraphKey &k) {
+    for (const GraphKey &x : seen)
+      if (x == k) return true;
+    if (seen.size() >= kMaxSeenShapes) seen.erase(seen.begin());
+    seen.push_back(k);
+    return false;
   }
   void add_graph(const GraphKey &k, gpuGraphExec_t g) {
     if (graphs.size() >= kMaxGraphs) {
@@ -174,7 +187,7 @@ struct GpuLlama::Impl {
     off_gu = take(t * 2 * I);              // [T, 2I]
     off_act = take(t * I);                 // [T, I]
     const gpuError_t e = act.reserve(off);
-    if (e == gpuSuccess) capacity = T;
+    capacity = e == gpuSuccess ? T : 0;  // a failed allocation leaves no buffer behind
     return e;
   }
   void *a(size_t off) const { return static_cast<char *>(act.p) + off; }
@@ -286,13 +299,20 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
     // Zeroed: attention reads whole K/V tiles up to kv_end and multiplies the hidden ones by
     // 0, so a never-written position must not hold NaN bits. (A Legion KV region is filled
     // with zeros by the engine.)
-    if ((e = m.own_kv.reserve(m.kv_bytes)) != gpuSuccess || (e = gpuMemset(m.own_kv.p, 0, m.kv_bytes)) != gpuSuccess)
+    if ((e = m.own_kv.reserve(m.kv_bytes)) != gpuSuccess ||
+        (e = gpuMemsetAsync(m.own_kv.p, 0, m.kv_bytes, m.stream)) != gpuSuccess)
       return fail(gpu_message("KV cache", e));
     m.kv = m.own_kv.p;
   }
+  // On the step stream (non-blocking, so not ordered with the legacy stream's memset/memcpy),
+  // finished before create() returns: p.inv_freq is the caller's.
   if ((e = m.inv_freq.reserve(c.head_dim / 2 * sizeof(float))) != gpuSuccess ||
-      (e = gpuMemcpy(m.inv_freq.p, p.inv_freq, c.head_dim / 2 * sizeof(float), gpuMemcpyHostToDevice)) != gpuSuccess)
+      (e = gpuMemcpyAsync(m.inv_freq.p, p.inv_freq, c.head_dim / 2 * sizeof(float), gpuMemcpyHostToDevice,
+                          m.stream)) != gpuSuccess ||
+      (e = gpuStreamSynchronize(m.stream)) != gpuSuccess)
     return fail(gpu_message("inv_freq", e));
+  if (p.max_tokens > kMaxStepTokens)
+    return fail("max_tokens " + std::to_string(p.max_tokens) + " exceeds " + std::to_string(kMaxStepTokens));
   if ((e = m.reserve_tokens(std::max(p.max_tokens, 1))) != gpuSuccess) return fail(gpu_message("activations", e));
   return std::unique_ptr<GpuLlama>(new GpuLlama(std::move(impl)));
 }
@@ -311,6 +331,8 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
 
   // ---- validate on the host: the kernels index with these values unchecked ----
   const size_t t = b.tokens.size();
+  if (T > kMaxStepTokens) return fail(std::to_string(T) + " tokens in one step (at most " +
+                                     std::to_string(kMaxStepTokens) + ")");
   if (b.positions.size() != t || b.slots.size() != t) return fail("positions and slots must have one entry per token");
   if (tree && (b.cache_pos.size() != t || b.prefix_len.size() != t || b.tree_base.size() != t ||
                b.tree_mask.size() != t))
@@ -465,29 +487,46 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
     return true;
   };
 
-  // Small steps (decoding, tree verification) replay a CUDA graph per shape; a shape seen for
-  // the first time is captured on a private stream, then launched on s like any other.
+  // Small steps (decoding, tree verification) replay a CUDA graph per shape. A shape is run
+  // eagerly the first time, captured on a private stream the second, then replayed on s.
+  // Capturing is an optimisation: if it fails (or a launch fails only under capture), the
+  // error is cleared, recorded in graph_error, graphs are off for this model, and the step
+  // runs eagerly; an error that the eager run repeats is the step's error.
   const GraphKey key{T, R, hint, static_cast<int>(b.commits.size()), tree ? 1 : 0, out.tokens ? 1 : 0};
   gpuGraphExec_t exec = nullptr;
   if (m.use_graphs && T > 0 && T <= kMaxGraphTokens) {
     exec = m.find_graph(key);
-    if (!exec) {
+    if (!exec && m.seen_before(key)) {
+      std::string why;
       if (!m.capture_stream && (e = gpuStreamCreateWithFlags(&m.capture_stream, gpuStreamNonBlocking)) != gpuSuccess)
-        return fail(gpu_message("capture stream", e));
-      if ((e = gpuStreamBeginCapture(m.capture_stream, gpuStreamCaptureModeThreadLocal)) != gpuSuccess)
-        return fail(gpu_message("graph capture", e));
-      const bool ok = enqueue(m.capture_stream);
-      gpuGraph_t graph = nullptr;
-      e = gpuStreamEndCapture(m.capture_stream, &graph);
-      if (!ok) {
+        why = gpu_message("capture stream", e);
+      else if ((e = gpuStreamBeginCapture(m.capture_stream, gpuStreamCaptureModeThreadLocal)) != gpuSuccess)
+        why = gpu_message("begin capture", e);
+      if (why.empty()) {
+        const bool ok = enqueue(m.capture_stream);
+        if (!ok) why = error ? *error : "a launch failed under capture";
+        gpuGraph_t graph = nullptr;
+        e = gpuStreamEndCapture(m.capture_stream, &graph);
+        if (why.empty() && e != gpuSuccess) why = gpu_message("end capture", e);
+        if (why.empty() && (e = gpuGraphInstantiate(&exec, graph, 0)) != gpuSuccess) {
+          exec = nullptr;
+          why = gpu_message("instantiate", e);
+        }
         if (graph) (void)gpuGraphDestroy(graph);
-        return false;
       }
-      if (e == gpuSuccess) e = gpuGraphInstantiate(&exec, graph, 0);
-      if (graph) (void)gpuGraphDestroy(graph);
-      if (e != gpuSuccess) return fail(gpu_message("graph capture", e));
-      m.add_graph(key, exec);
+      if (!why.empty()) {
+        (void)gpuGetLastError();  // the capture's error must not fail the next launch
+        m.graph_error = "CUDA graph capture of a " + std::to_string(T) + "-token step failed (" + why +
+                        "); graphs are off for this model";
+        m.use_graphs = false;
+        m.drop_graphs();
+        if (error) error->clear();
+      } else {
+        m.add_graph(key, exec);
+      }
     }
+  }
+  if (exec) {
     if ((e = gpuGraphLaunch(exec, s)) != gpuSuccess) return fail(gpu_message("graph launch", e));
   } else if (!enqueue(s)) {
     return false;
@@ -513,5 +552,6 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
 }
 
 size_t GpuLlama::num_graphs() const { return impl_->graphs.size(); }
+const std::string &GpuLlama::graph_error() const { return impl_->graph_error; }
 
 }  // namespace ffspec::gpu

@@ -67,8 +67,10 @@ class GpuLlama {
   // back to the GpuLlama's own stream, if it made one.
   void set_stream(gpuStream_t stream);
 
-  // CUDA graphs held (one per step shape seen, at most 64).
+  // CUDA graphs held (one per step shape seen at least twice, at most 64).
   size_t num_graphs() const;
+  // Why CUDA graphs were turned off for this model (a capture failed); empty while they work.
+  const std::string &graph_error() const;
 
   // The device KV cache [layers, 2, max_requests, max_seq, kv_dim] of dtype(), for tests and
   // for copying a slot out.

@@ -6,6 +6,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -327,6 +328,9 @@ uint64_t warp_exchange(uint64_t v, int lane_xor, int lane_up) {
   return out;
 }
 
+std::atomic<bool> g_fail_captured_launch{false};
+void fail_next_captured_launch() { g_fail_captured_launch = true; }
+
 void enqueue(gpuStream_t s, std::function<void()> work) {
   FfsEmuStream *st = stream_of(s);
   if (st->capture) {
@@ -356,6 +360,11 @@ void launch_grid(const void *kernel, const char *where, Dim3 grid, Dim3 block, s
     std::fprintf(stderr, "gpu emulator: %s asks for %zu bytes of dynamic shared memory, its limit is %zu\n", where, smem,
                  limit);
     set_error(gpuErrorInvalidValue);
+    return;
+  }
+  if (FfsEmuStream *st = stream_of(s); st->capture && g_fail_captured_launch.exchange(false)) {
+    st->capture_invalid = true;
+    set_error(gpuErrorStreamCaptureInvalidated);
     return;
   }
   std::string site(where);

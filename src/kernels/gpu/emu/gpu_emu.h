@@ -150,6 +150,10 @@ using Dim3 = ::dim3;
 
 // Runs (or, while s is being captured, records) work in stream order.
 void enqueue(gpuStream_t s, std::function<void()> work);
+// Test hook: the next kernel launched into a stream capture fails as a launch can on a GPU
+// only under capture (e.g. a module the driver loads lazily): the launch returns
+// gpuErrorStreamCaptureInvalidated, and the capture ends invalidated.
+void fail_next_captured_launch();
 // Checks the configuration (setting the launch error on failure) and enqueues the grid.
 void launch_grid(const void *kernel, const char *where, Dim3 grid, Dim3 block, size_t smem, gpuStream_t s,
                  std::function<void()> body);
