@@ -13,6 +13,8 @@
 #       SmolLM2 put back together; kernel + forward programs, Legion GPU smoke, suites on the GPU
 #   (no carry):                       bash scripts/gpu_session.sh bench
 #       bench_gpu_forward, benchmarks/bench_gpu.py
+#   if a test program failed:         bash scripts/gpu_session.sh sanitize
+#       compute-sanitizer memcheck + racecheck on test_gpu_forward
 #
 # build-gpu/ stays on the machine between calls while it is warm (it goes back after 30 s
 # idle), so run the stages back to back, or `all` in one call when the time limit allows.
@@ -106,14 +108,29 @@ run_tests() {
     ./build-gpu/tests/cpp/$t 2>&1 | tee "$OUT/$t.log" | tail -5 | tee -a "$OUT/tests.log" || rc=1
   done
   echo "== Legion GPU smoke: a tiny random LLaMA on the GPU, greedy tokens == transformers" | tee -a "$OUT/tests.log"
-  python3 - <<'EOF' 2>&1 | tee -a "$OUT/tests.log" || rc=1
+  if ! smoke; then
+    rc=1
+    echo "== the same without CUDA graphs and with Realm's GPU logging (diagnosis)" | tee -a "$OUT/tests.log"
+    FFS_CUDA_GRAPHS=0 FFS_SMOKE_LEGION_ARGS="-level gpu=1" smoke || true
+  fi
+  echo "== Python suites on the GPU (FFS_TEST_NUM_GPUS=1)" | tee -a "$OUT/tests.log"
+  FFS_GPU_KERNEL_TEST=$ROOT/build-gpu/tests/cpp/test_gpu_kernels FFS_GPU_FORWARD_TEST=$ROOT/build-gpu/tests/cpp/test_gpu_forward \
+    timeout 480 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15 || rc=1
+  return $rc
+}
+
+# A tiny random LLaMA through ff.init(num_gpus=1): Legion GPU tasks, greedy tokens == transformers.
+smoke() {
+  python3 - <<'EOF' 2>&1 | tee -a "$OUT/tests.log"
 import tempfile, sys
 sys.path.insert(0, "tests")
 import torch, flexflow_spec as ff
 from conftest import make_tiny_llama
 from transformers import AutoModelForCausalLM
 d = make_tiny_llama(__import__("pathlib").Path(tempfile.mkdtemp()) / "tiny", seed=3)
-print("settings", ff.init(num_gpus=1, num_cpus=2))
+import os
+extra = os.environ.get("FFS_SMOKE_LEGION_ARGS", "").split()
+print("settings", ff.init(num_gpus=1, num_cpus=2, legion_args=extra))
 llm = ff.LLM(str(d), data_type=ff.DataType.DT_FLOAT)
 llm.compile(ff.GenerationConfig(), max_requests_per_batch=2, max_seq_length=64)
 prompt = [1, 5, 9, 33, 7]
@@ -124,9 +141,21 @@ print("ours", ours, "\nhf  ", ref, "\nstats", llm.stats())
 assert ours == ref, "GPU greedy tokens differ from transformers"
 print("LEGION GPU SMOKE OK")
 EOF
-  echo "== Python suites on the GPU (FFS_TEST_NUM_GPUS=1)" | tee -a "$OUT/tests.log"
-  FFS_GPU_KERNEL_TEST=$ROOT/build-gpu/tests/cpp/test_gpu_kernels FFS_GPU_FORWARD_TEST=$ROOT/build-gpu/tests/cpp/test_gpu_forward \
-    timeout 480 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15 || rc=1
+}
+
+# When a GPU test program fails: compute-sanitizer's memcheck (out-of-bounds, misaligned and
+# uninitialised accesses) and racecheck (shared-memory races) on the standalone forward test.
+sanitize() {
+  env_setup
+  local cs
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+  [ -n "$cs" ] || { echo "[gpu-session] no compute-sanitizer on this machine" | tee -a "$OUT/sanitize.log"; return 1; }
+  local rc=0
+  for tool in memcheck racecheck; do
+    echo "== $tool: test_gpu_forward" | tee -a "$OUT/sanitize.log"
+    FFS_CUDA_GRAPHS=0 timeout 240 "$cs" --tool "$tool" --error-exitcode 9 ./build-gpu/tests/cpp/test_gpu_forward 2>&1 |
+      tail -20 | tee -a "$OUT/sanitize.log" || rc=1
+  done
   return $rc
 }
 
@@ -144,8 +173,9 @@ for stage in "${@:-all}"; do
     fixture) fixture || rc=1 ;;
     test) run_tests || rc=1 ;;
     bench) bench || rc=1 ;;
+    sanitize) sanitize || rc=1 ;;
     all) { build && fixture && run_tests; bench; } || rc=1 ;;
-    *) echo "usage: $0 prepare|build|fixture|test|bench|all ..." >&2; exit 2 ;;
+    *) echo "usage: $0 prepare|build|fixture|test|bench|sanitize|all ..." >&2; exit 2 ;;
   esac
 done
 exit $rc
