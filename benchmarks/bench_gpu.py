@@ -144,6 +144,11 @@ def main():
     report = dict(device=torch.cuda.get_device_name(0), date=time.strftime("%Y-%m-%d"), args=vars(args),
                   torch=torch.__version__, models={})
     workdir = Path(args.workdir)
+
+    def save():  # after every stage: a run cut short by a time limit keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+
     paths = {m: make_checkpoint(m, workdir, torch_dtype) for m in args.models.split(",")}
     # transformers first (it frees the GPU afterwards), then ours: Legion takes its pool once.
     for m, path in paths.items():
@@ -157,19 +162,20 @@ def main():
             except Exception as e:  # noqa: BLE001 - reported, the run goes on
                 r["transformers_compiled"] = {"error": f"{type(e).__name__}: {e}"[:500]}
         print(json.dumps({m: r}, indent=1), flush=True)
+        save()
     ff.init(num_gpus=1, num_cpus=4)
     for m, path in paths.items():
         report["models"][m]["flexflow_spec"] = bench_ours(path, args.batch, args.prompt_len, args.new_tokens,
                                                           args.repeats, args.dtype)
         print(json.dumps({m: report["models"][m]}, indent=1), flush=True)
+        save()
     for m, r in report["models"].items():
         ours, hf = r["flexflow_spec"]["results"], r["transformers_eager"]
         for b in args.batch:
             print(f"{m} batch {b}: ours {ours[b]['decode_tok_s']:.1f} tok/s ({ours[b]['ms_per_step']:.2f} ms/step, "
                   f"Legion overhead {100 * (ours[b]['legion_overhead'] or 0):.1f}%), transformers eager "
                   f"{hf[b]['decode_tok_s']:.1f} tok/s: {ours[b]['decode_tok_s'] / hf[b]['decode_tok_s']:.2f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    save()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@
 #   carry .gpu_fixture_b:             bash scripts/gpu_session.sh fixture test
 #       SmolLM2 put back together; kernel + forward programs, Legion GPU smoke, suites on the GPU
 #   (no carry):                       bash scripts/gpu_session.sh bench
-#       bench_gpu_forward, benchmarks/bench_gpu.py
+#       bench_gpu_forward, benchmarks/bench_gpu.py --models 1b, bench_speculative.py on the GPU
+#   (no carry):                       bash scripts/gpu_session.sh bench7b
+#       benchmarks/bench_gpu.py --models 7b
 #   if a test program failed:         bash scripts/gpu_session.sh sanitize
 #       compute-sanitizer memcheck + racecheck on test_gpu_forward
 #
@@ -159,10 +161,25 @@ sanitize() {
   return $rc
 }
 
+# The kernel-level benchmark, the 1B model against transformers, speculative vs incremental and
+# the two drivers on SmolLM2 (these need the fixture stage's GGUF). The 7B model is a call of its own (bench7b): its
+# checkpoint (13 GB), torch.compile and our load do not fit one call with the rest.
 bench() {
   env_setup
-  ./build-gpu/benchmarks/gpu/bench_gpu_forward --json "$OUT/bench_gpu_forward.json" 2>&1 | tee "$OUT/bench_gpu_forward.log"
-  timeout 420 python3 benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" --workdir /tmp 2>&1 | tee "$OUT/bench_gpu.log" | tail -12
+  timeout 120 ./build-gpu/benchmarks/gpu/bench_gpu_forward --json "$OUT/bench_gpu_forward.json" 2>&1 |
+    tee "$OUT/bench_gpu_forward.log"
+  timeout 240 python3 benchmarks/bench_gpu.py --models 1b --json "$OUT/bench_gpu_1b.json" --workdir /tmp 2>&1 |
+    tee "$OUT/bench_gpu_1b.log" | tail -6
+  timeout 140 python3 benchmarks/bench_speculative.py --num-gpus 1 --prompts 3 --new-tokens 48 2>&1 |
+    tee "$OUT/bench_speculative_gpu.log" | tail -22
+  timeout 60 python3 benchmarks/bench_step_overhead.py --num-gpus 1 --runs 1 --batch 1 2>&1 |
+    tee "$OUT/bench_step_overhead_gpu.log" | tail -8
+}
+
+bench7b() {
+  env_setup
+  timeout 560 python3 benchmarks/bench_gpu.py --models 7b --json "$OUT/bench_gpu_7b.json" --workdir /tmp 2>&1 |
+    tee "$OUT/bench_gpu_7b.log" | tail -6
 }
 
 rc=0
@@ -173,9 +190,10 @@ for stage in "${@:-all}"; do
     fixture) fixture || rc=1 ;;
     test) run_tests || rc=1 ;;
     bench) bench || rc=1 ;;
+    bench7b) bench7b || rc=1 ;;
     sanitize) sanitize || rc=1 ;;
     all) { build && fixture && run_tests; bench; } || rc=1 ;;
-    *) echo "usage: $0 prepare|build|fixture|test|bench|sanitize|all ..." >&2; exit 2 ;;
+    *) echo "usage: $0 prepare|build|fixture|test|bench|bench7b|sanitize|all ..." >&2; exit 2 ;;
   esac
 done
 exit $rc
