@@ -212,3 +212,18 @@ def test_head_dim_the_gpu_attention_lacks(runtime, tmp_path, tiny_llm, reference
         llm.compile(ff.GenerationConfig(), max_requests_per_batch=1, max_seq_length=32)
         assert len(llm.generate([1, 2, 3], max_new_tokens=4, ignore_eos=True).output_tokens) == 4
     still_works(tiny_llm, reference_tokens)
+
+
+def test_step_token_limit_of_the_gpu_backend(runtime, tmp_path, tiny_llm, reference_tokens):
+    """The GPU kernels put a step's tokens on a grid dimension CUDA caps at 65535: compile()
+    refuses a larger max_tokens_per_batch there, naming it and the limit, before anything is
+    placed. The CPU backend has no such limit. Either way the other models keep working."""
+    llm = ff.LLM(str(make_tiny_llama(tmp_path / "wide")), data_type=ff.DataType.DT_FLOAT)
+    limits = dict(max_requests_per_batch=1, max_seq_length=32, max_tokens_per_batch=65536)
+    if runtime["num_gpus"]:
+        with pytest.raises(ff.UnsupportedModelError, match="max_tokens_per_batch 65536 exceeds 65535"):
+            llm.compile(ff.GenerationConfig(), **limits)
+    else:
+        llm.compile(ff.GenerationConfig(), **limits)
+        assert len(llm.generate([1, 2, 3], max_new_tokens=4, ignore_eos=True).output_tokens) == 4
+    still_works(tiny_llm, reference_tokens)
