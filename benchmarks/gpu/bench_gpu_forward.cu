@@ -12,7 +12,8 @@
 //     of the two the engine should use at which M;
 //   - where a decode step's time goes: each kernel of a layer and of the LM head at the
 //     shape, timed alone, summed over the layers, against the step with and without CUDA
-//     graphs (the difference is what launches and host work cost).
+//     graphs (the difference is what launches and host work cost); decode attention on the
+//     decode kernel and on the tiled one, as GB/s of the K/V cache read.
 // Each step is what the engine's GPU task runs: host checks and one upload of the batch,
 // every kernel, greedy tokens drawn on the device and copied back, one synchronization.
 //
@@ -339,6 +340,20 @@ void bench_breakdown(const Bench &B, int b, int ctx, double step_ms, double step
     emit("{\"kind\": \"kernel\", \"model\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"ctx\": %d, \"kernel\": \"%s\", "
          "\"us\": %.6g, \"per_step\": %d}",
          model.c_str(), dname, b, ctx, k.name, us, static_cast<int>(n));
+  }
+  {
+    // Decode attention both ways: the decode kernel (what the engine runs) and the tiled one
+    // (FFS_ATTENTION_DECODE=0), as GB/s of the K/V cache they read.
+    gpu::AttentionArgs tiled = aa;
+    tiled.decode_kernel = false;
+    const double us_dec = 1e3 * ms_per_call(st, [&] { CHECK(gpu::attention(aa, st)); }, 100);
+    const double us_tiled = 1e3 * ms_per_call(st, [&] { CHECK(gpu::attention(tiled, st)); }, 100);
+    const double kv_gb = 2.0 * b * (ctx + 1) * KV * e / 1e9;
+    std::printf("  attention per layer: decode kernel %.2f us (%.0f GB/s of K/V), tiled kernel %.2f us (%.0f GB/s)\n",
+                us_dec, kv_gb / (us_dec * 1e-6), us_tiled, kv_gb / (us_tiled * 1e-6));
+    emit("{\"kind\": \"attention\", \"model\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"ctx\": %d, "
+         "\"decode_us\": %.6g, \"tiled_us\": %.6g, \"kv_gb\": %.6g}",
+         model.c_str(), dname, b, ctx, us_dec, us_tiled, kv_gb);
   }
   std::printf("  sum of kernels %.3f ms; the step: %.3f ms with graphs, %.3f ms without (host, launches, "
               "gaps: %.1f%% / %.1f%%)\n",

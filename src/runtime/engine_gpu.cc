@@ -92,6 +92,8 @@ std::shared_ptr<Bound> bound_for(ModelHandle *m, int device, void *weights, void
   p.cuda_graphs = !(graphs && std::string(graphs) == "0");
   const char *split = std::getenv("FFS_ATTENTION_SPLIT");  // "0": one block per (tokens, KV head)
   p.attention_splits = !(split && std::string(split) == "0");
+  const char *decode = std::getenv("FFS_ATTENTION_DECODE");  // "0": decode batches on the tiled kernel
+  p.decode_attention = !(decode && std::string(decode) == "0");
   const char *small = std::getenv("FFS_GPU_SMALL_GEMM");  // "0": every projection through cuBLAS
   if (small && std::string(small) == "0") p.blas.small_m_rows = 0;
   std::string error;

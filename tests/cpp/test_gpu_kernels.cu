@@ -308,17 +308,23 @@ void run_attention(DType dt, int n_heads, int n_kv, int hd, int max_seq, int n_s
   float scale = 0;
   for (float v : ref) scale = std::max(scale, std::fabs(v));
   char name[160];
+  // A batch without tree tokens at hint 1 is what the decode kernel takes: run it both ways.
+  const bool decode_too = !b.tree;
   for (int hint : {b.hint, 1}) {
-    gpu::AttentionArgs a{dq.p, q_stride, dk.p, dv.p, max_seq, n_heads, n_kv, hd, dplen.as<int32_t>(),
-                         dslots.as<int32_t>(), b.tree ? dbase.as<int32_t>() : nullptr,
-                         b.tree ? dmask.as<uint64_t>() : nullptr, T, dout.p, dt, hint};
-    GPU_OK(gpu::attention(a, nullptr));
-    std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d hint=%d", b.what.c_str(), dname(dt),
-                  n_heads, n_kv, hd, T, hint);
-    // fp32: both sum a few thousand fp32 terms in different orders (~1e-5 of the output's
-    // scale); fp16/bf16: inputs are exact in both, so only the output rounding differs.
-    expect_close(name, fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
-                 tol(dt, 2e-5, 2e-4, 2e-3) * scale);
+    for (bool decode : {true, false}) {
+      gpu::AttentionArgs a{dq.p, q_stride, dk.p, dv.p, max_seq, n_heads, n_kv, hd, dplen.as<int32_t>(),
+                           dslots.as<int32_t>(), b.tree ? dbase.as<int32_t>() : nullptr,
+                           b.tree ? dmask.as<uint64_t>() : nullptr, T, dout.p, dt, hint};
+      a.decode_kernel = decode;
+      GPU_OK(gpu::attention(a, nullptr));
+      std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d hint=%d%s", b.what.c_str(),
+                    dname(dt), n_heads, n_kv, hd, T, hint, hint == 1 && decode_too ? (decode ? " decode" : " tiled") : "");
+      // fp32: both sum a few thousand fp32 terms in different orders (~1e-5 of the output's
+      // scale); fp16/bf16: inputs are exact in both, so only the output rounding differs.
+      expect_close(name, fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
+                   tol(dt, 2e-5, 2e-4, 2e-3) * scale);
+      if (!(hint == 1 && decode_too)) break;
+    }
     if (hint == 1) break;
   }
   // Split-KV: forced split counts (a split may get no key at all) and the automatic one,
@@ -329,14 +335,19 @@ void run_attention(DType dt, int n_heads, int n_kv, int hd, int max_seq, int n_s
   const int auto_splits = gpu::attention_auto_splits(a);
   for (int splits : {2, 7, auto_splits}) {
     if (splits < 2) continue;
-    a.kv_splits = splits;
-    DevBuf ws(gpu::attention_workspace_floats(a) * sizeof(float));
-    a.partial = static_cast<float *>(ws.p);
-    GPU_OK(gpu::attention(a, nullptr));
-    std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d kv_splits=%d%s", b.what.c_str(),
-                  dname(dt), n_heads, n_kv, hd, T, splits, splits == auto_splits ? " (auto)" : "");
-    expect_close(name, fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
-                 tol(dt, 2e-5, 2e-4, 2e-3) * scale);
+    for (bool decode : {true, false}) {
+      a.kv_splits = splits;
+      a.decode_kernel = decode;
+      DevBuf ws(gpu::attention_workspace_floats(a) * sizeof(float));
+      a.partial = static_cast<float *>(ws.p);
+      GPU_OK(gpu::attention(a, nullptr));
+      std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d kv_splits=%d%s%s", b.what.c_str(),
+                    dname(dt), n_heads, n_kv, hd, T, splits, splits == auto_splits ? " (auto)" : "",
+                    b.hint == 1 && decode_too ? (decode ? " decode" : " tiled") : "");
+      expect_close(name, fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
+                   tol(dt, 2e-5, 2e-4, 2e-3) * scale);
+      if (!(b.hint == 1 && decode_too)) break;
+    }
   }
 }
 
@@ -397,6 +408,23 @@ void test_causal_attention(DType dt, int n_heads, int n_kv, int hd, int chunk, i
   b.mask.assign(b.slots.size(), 0);
   b.hint = chunk;
   run_attention(dt, n_heads, n_kv, hd, max_seq, n_slots, b);
+}
+
+// A decode batch: one token per slot (prefix_len = its position + 1, some slots empty), no
+// tree; hint 1, so the decode kernel takes it (and the tiled kernel runs it too).
+void test_decode_attention(DType dt, int n_heads, int n_kv, int hd, int batch, int history) {
+  AttnBatch b;
+  b.what = "decode";
+  history = std::max(history / kScale, 40);
+  const int max_seq = history + 8;
+  for (int i = 0; i < batch; i++) {
+    b.slots.push_back((i * 5 + 2) % (batch + 1));
+    b.prefix_len.push_back(i == 1 ? 0 : randi(1, max_seq));  // slot with nothing cached yet: 0
+  }
+  b.base.assign(b.slots.size(), 0);
+  b.mask.assign(b.slots.size(), 0);
+  b.hint = 1;
+  run_attention(dt, n_heads, n_kv, hd, max_seq, batch + 1, b);
 }
 
 void test_kv_commit(DType dt) {
@@ -795,6 +823,14 @@ int main(int argc, char **argv) {
     test_causal_attention(dt, 8, 2, 64, 200, 300, 5);
     test_causal_attention(dt, 32, 8, 128, 64, 1000, 8);
     test_causal_attention(dt, 64, 1, 128, 17, 500, 3);  // MQA with more heads than a block's rows
+    // Decode batches: MHA (7B), GQA 4 (LLaMA-3), SmolLM2's 3 (rows padded to 4), 8, and MQA 16
+    // (more than the decode kernel's 8: the tiled kernel); head dims 64, 128, 256, 32.
+    test_decode_attention(dt, 32, 32, 128, 5, 700);
+    test_decode_attention(dt, 32, 8, 128, 3, 1500);
+    test_decode_attention(dt, 9, 3, 64, 4, 600);
+    test_decode_attention(dt, 16, 2, 64, 2, 300);
+    test_decode_attention(dt, 16, 1, 256, 2, 300);
+    test_decode_attention(dt, 8, 4, 32, 3, 200);
   }
   test_tree_attention(DType::F32, 8, 8, 32, 2, 400, 30);
   // The tests' tiny models' head dims (8 and 16): 16 and 8 threads' worth of rows per column.

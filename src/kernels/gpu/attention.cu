@@ -241,6 +241,179 @@ __global__ void attention_combine_kernel(const float *__restrict__ partial, int 
   out[row * D + d] = from_f32<T>(L > 0.0f ? acc / L : 0.0f);
 }
 
+// Decoding: one block per (token, KV head, split) for a batch with no tree tokens whose tokens
+// do not share slots (tokens_per_slot_hint 1), so there is no K/V tile for several tokens to
+// share and the tiled kernel's shared-memory staging only adds barriers. Each warp takes every
+// kWarps-th key of the block's range, kUnroll keys' K and V rows loaded before any is used
+// (loads in flight); a lane holds D / warp-size consecutive elements of the q rows, of each
+// K/V row (coalesced: a warp reads a whole row) and of its output rows, in registers. Per key:
+// the group's scores by warp reductions, then the online-softmax update of every row. The
+// warps' (m, l, o) merge through shared memory at the end; the result is written like the
+// tiled kernel's (normalized, or the split's partial for the combine kernel).
+constexpr int kDecodeWarps = 4, kDecodeUnroll = 4, kDecodeMaxGroup = 8;
+
+template <typename T, int E>
+__device__ __forceinline__ void load_row(const T *__restrict__ p, float (&out)[E]) {
+  constexpr int bytes = E * static_cast<int>(sizeof(T));
+  T e[E];
+  if constexpr (bytes % 16 == 0) {
+#pragma unroll
+    for (int c = 0; c < bytes / 16; c++) {
+      const uint4 raw = reinterpret_cast<const uint4 *>(p)[c];
+      memcpy(reinterpret_cast<char *>(e) + 16 * c, &raw, 16);
+    }
+  } else if constexpr (bytes == 8) {
+    const uint2 raw = *reinterpret_cast<const uint2 *>(p);
+    memcpy(static_cast<void *>(e), &raw, 8);
+  } else if constexpr (bytes == 4) {
+    const unsigned raw = *reinterpret_cast<const unsigned *>(p);
+    memcpy(static_cast<void *>(e), &raw, 4);
+  } else {
+#pragma unroll
+    for (int i = 0; i < E; i++) e[i] = p[i];
+  }
+#pragma unroll
+  for (int i = 0; i < E; i++) out[i] = to_f32(e[i]);
+}
+
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(kDecodeWarps *FFS_WARP_SIZE)
+    attention_decode_kernel(const T *__restrict__ q, int q_stride, const T *__restrict__ cache_k,
+                            const T *__restrict__ cache_v, int max_seq, int n_kv_heads, int group,
+                            const int32_t *__restrict__ prefix_len, const int32_t *__restrict__ slots, int T_,
+                            T *__restrict__ out, float scale, int kv_splits, float *__restrict__ partial) {
+  constexpr int E = D / FFS_WARP_SIZE;
+  static_assert(E >= 1 && D % FFS_WARP_SIZE == 0, "a lane holds whole elements of a row");
+  FFS_DYNAMIC_SMEM(smem);
+  float *s_red = reinterpret_cast<float *>(smem);  // [kDecodeWarps][G][D + 2]: o, then m and l
+  const int lane = threadIdx.x % FFS_WARP_SIZE, warp = threadIdx.x / FFS_WARP_SIZE;
+  const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int kv_dim = n_kv_heads * D, n_heads = n_kv_heads * group;
+  const int kv_end = min(prefix_len[t], max_seq);
+  const int span = (kv_end + kv_splits - 1) / kv_splits;
+  const int p_begin = min(kv_end, split * span), p_end = min(kv_end, p_begin + span);
+  const size_t cache_off = static_cast<size_t>(slots[t]) * max_seq * kv_dim + static_cast<size_t>(kvh) * D + lane * E;
+
+  float qr[G][E], o[G][E], m[G], l[G];
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; e++) o[g][e] = 0.0f;
+    if (g < group) {
+      load_row<T, E>(q + static_cast<size_t>(t) * q_stride + static_cast<size_t>(kvh * group + g) * D + lane * E,
+                     qr[g]);
+#pragma unroll
+      for (int e = 0; e < E; e++) qr[g][e] *= scale;
+    }
+  }
+  // The loop bound is the same for the whole warp, so every lane reaches every shuffle.
+  for (int p0 = p_begin + warp * kDecodeUnroll; p0 < p_end; p0 += kDecodeWarps * kDecodeUnroll) {
+    float k[kDecodeUnroll][E], v[kDecodeUnroll][E];
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; u++) {
+      const size_t at = cache_off + static_cast<size_t>(min(p0 + u, p_end - 1)) * kv_dim;
+      load_row<T, E>(cache_k + at, k[u]);
+      load_row<T, E>(cache_v + at, v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; u++) {
+#pragma unroll
+      for (int g = 0; g < G; g++) {
+        if (p0 + u < p_end && g < group) {  // uniform over the warp
+          float acc = 0.0f;
+#pragma unroll
+          for (int e = 0; e < E; e++) acc += qr[g][e] * k[u][e];
+          const float sc = warp_sum(acc);
+          const float m_new = fmaxf(m[g], sc);
+          const float alpha = expf(m[g] - m_new), pj = expf(sc - m_new);  // m[g] = -inf: alpha 0
+          l[g] = l[g] * alpha + pj;
+#pragma unroll
+          for (int e = 0; e < E; e++) o[g][e] = o[g][e] * alpha + pj * v[u][e];
+          m[g] = m_new;
+        }
+      }
+    }
+  }
+  // Merge the warps: each row's (m, l, o) of every warp, rescaled to the common max.
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+    if (g < group) {
+      float *r = s_red + (warp * G + g) * (D + 2);
+#pragma unroll
+      for (int e = 0; e < E; e++) r[lane * E + e] = o[g][e];
+      if (lane == 0) {
+        r[D] = m[g];
+        r[D + 1] = l[g];
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < group * D; idx += blockDim.x) {
+    const int g = idx / D, d = idx % D;
+    float M = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; w++) M = fmaxf(M, s_red[(w * G + g) * (D + 2) + D]);
+    float L = 0.0f, acc = 0.0f;
+    if (M != -INFINITY) {
+      for (int w = 0; w < kDecodeWarps; w++) {
+        const float *r = s_red + (w * G + g) * (D + 2);
+        if (r[D] == -INFINITY) continue;  // a warp that saw no key
+        const float sc = expf(r[D] - M);
+        L += r[D + 1] * sc;
+        acc += r[d] * sc;
+      }
+    }
+    const size_t row = static_cast<size_t>(t) * n_heads + kvh * group + g;
+    if (kv_splits == 1) {
+      out[row * D + d] = from_f32<T>(L > 0.0f ? acc / L : 0.0f);
+    } else {
+      float *dst = partial + (static_cast<size_t>(split) * T_ * n_heads + row) * (D + 2);
+      dst[d] = acc;
+      if (d == 0) {
+        dst[D] = M;
+        dst[D + 1] = L;
+      }
+    }
+  }
+}
+
+// Whether the decode kernel takes this step (see above); FFS_ATTENTION_DECODE=0 in the engine
+// (AttentionArgs::decode_kernel) keeps every step on the tiled kernel.
+template <typename T>
+bool use_decode_kernel(const AttentionArgs &a) {
+  const int group = a.n_heads / a.n_kv_heads;
+  const size_t row_bytes = static_cast<size_t>(a.head_dim / FFS_WARP_SIZE) * sizeof(T);
+  const auto aligned = [&](const void *p, size_t stride_elems) {
+    return reinterpret_cast<uintptr_t>(p) % (row_bytes < 16 ? row_bytes : 16) == 0 &&
+           stride_elems * sizeof(T) % (row_bytes < 16 ? row_bytes : 16) == 0;
+  };
+  return a.decode_kernel && !a.tree_mask && a.tokens_per_slot_hint <= 1 && group <= kDecodeMaxGroup &&
+         a.head_dim >= FFS_WARP_SIZE && row_bytes > 0 && aligned(a.cache_k, static_cast<size_t>(a.n_kv_heads) * a.head_dim) &&
+         aligned(a.cache_v, 0) && aligned(a.q, static_cast<size_t>(a.q_stride));
+}
+
+template <typename T, int D, int G>
+gpuError_t launch_decode(const AttentionArgs &a, int splits, gpuStream_t stream) {
+  const int group = a.n_heads / a.n_kv_heads;
+  const dim3 grid(a.T, a.n_kv_heads, splits);
+  const size_t smem = static_cast<size_t>(kDecodeWarps) * G * (D + 2) * sizeof(float);
+  FFS_LAUNCH((attention_decode_kernel<T, D, G>), grid, kDecodeWarps * FFS_WARP_SIZE, smem, stream,
+             static_cast<const T *>(a.q), a.q_stride, static_cast<const T *>(a.cache_k),
+             static_cast<const T *>(a.cache_v), a.max_seq, a.n_kv_heads, group, a.prefix_len, a.slots, a.T,
+             static_cast<T *>(a.out), 1.0f / sqrtf(static_cast<float>(D)), splits, a.partial);
+  return gpuGetLastError();
+}
+
+template <typename T, int D>
+gpuError_t launch_decode(const AttentionArgs &a, int splits, gpuStream_t stream) {
+  const int group = a.n_heads / a.n_kv_heads;
+  if (group <= 1) return launch_decode<T, D, 1>(a, splits, stream);
+  if (group <= 2) return launch_decode<T, D, 2>(a, splits, stream);
+  if (group <= 4) return launch_decode<T, D, 4>(a, splits, stream);
+  return launch_decode<T, D, 8>(a, splits, stream);
+}
+
 // Blocks of the unsplit grid: (token tiles, KV heads, row chunks).
 struct AttnGrid {
   int bq, row_chunks;
@@ -255,13 +428,28 @@ AttnGrid attn_grid(const AttentionArgs &a) {
 }
 
 template <typename T, int D>
+gpuError_t launch_combine(const AttentionArgs &a, int splits, gpuStream_t stream) {
+  const size_t rows = static_cast<size_t>(a.T) * a.n_heads;
+  FFS_LAUNCH((attention_combine_kernel<T, D>), static_cast<unsigned>(rows), D, 0, stream, a.partial, splits, rows,
+             static_cast<T *>(a.out));
+  return gpuGetLastError();
+}
+
+template <typename T, int D>
 gpuError_t launch_attention(const AttentionArgs &a, gpuStream_t stream) {
   using S = AttnShape<D>;
   const int group = a.n_heads / a.n_kv_heads;
   const AttnGrid g = attn_grid(a);
   const int splits = a.partial ? max(1, a.kv_splits) : 1;
+  gpuError_t e;
+  if constexpr (D >= FFS_WARP_SIZE) {
+    if (use_decode_kernel<T>(a)) {
+      if ((e = launch_decode<T, D>(a, splits, stream)) != gpuSuccess || splits == 1) return e;
+      return launch_combine<T, D>(a, splits, stream);
+    }
+  }
   const dim3 grid(ceil_div(a.T, g.bq), a.n_kv_heads, g.row_chunks * splits);
-  gpuError_t e = gpuFuncSetAttribute(reinterpret_cast<const void *>(&attention_kernel<T, D>),
+  e = gpuFuncSetAttribute(reinterpret_cast<const void *>(&attention_kernel<T, D>),
                                      gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::bytes));
   if (e != gpuSuccess) return e;
   FFS_LAUNCH((attention_kernel<T, D>), grid, S::threads, S::bytes, stream, static_cast<const T *>(a.q), a.q_stride,
@@ -269,10 +457,7 @@ gpuError_t launch_attention(const AttentionArgs &a, gpuStream_t stream) {
              a.prefix_len, a.slots, a.tree_base, a.tree_mask, a.T, g.bq, static_cast<T *>(a.out),
              1.0f / sqrtf(static_cast<float>(D)), g.row_chunks, splits, a.partial);
   if ((e = gpuGetLastError()) != gpuSuccess || splits == 1) return e;
-  const size_t rows = static_cast<size_t>(a.T) * a.n_heads;
-  FFS_LAUNCH((attention_combine_kernel<T, D>), static_cast<unsigned>(rows), D, 0, stream, a.partial, splits, rows,
-             static_cast<T *>(a.out));
-  return gpuGetLastError();
+  return launch_combine<T, D>(a, splits, stream);
 }
 
 }  // namespace

@@ -79,6 +79,10 @@ struct AttentionArgs {
   // batch). 1: no split. Any value gives the same result up to fp32 summation order.
   int kv_splits = 1;
   float *partial = nullptr;  // attention_workspace_floats(a) floats when kv_splits > 1
+  // A decode batch (no tree tokens, tokens_per_slot_hint 1, at most 8 query heads per KV head,
+  // head_dim >= the warp size) runs a kernel without shared-memory K/V tiles; false keeps the
+  // tiled kernel for every step. Same result up to fp32 summation order.
+  bool decode_kernel = true;
 };
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream);
 bool attention_supports_head_dim(int head_dim);

@@ -117,6 +117,7 @@ struct GpuLlama::Impl {
   DeviceBuffer head;  // [R, H] gathered rows + [R, vocab] logits
   DeviceBuffer attn_ws;  // split-KV partial outputs
   bool attention_splits = true;
+  bool decode_attention = true;
   int small_m_rows = 0;  // steps of at most this many tokens fuse gate_up with SwiGLU
   std::vector<uint8_t> logits_host;  // dtype bits of the logits before conversion to fp32
   Blas *blas = nullptr;
@@ -191,6 +192,11 @@ struct GpuLlama::Impl {
     return e;
   }
   void *a(size_t off) const { return static_cast<char *>(act.p) + off; }
+  // The LM head's scratch for R logit rows: the gathered rows [R, H], then the logits [R, vocab].
+  size_t head_bytes(int R) const {
+    return (static_cast<size_t>(R) * cfg.hidden_size * es + 255) / 256 * 256 +
+           static_cast<size_t>(R) * cfg.vocab_size * es;
+  }
 };
 
 GpuLlama::GpuLlama(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -272,6 +278,7 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
   m.max_seq = p.max_seq;
   m.use_graphs = p.cuda_graphs;
   m.attention_splits = p.attention_splits;
+  m.decode_attention = p.decode_attention;
   m.small_m_rows = std::min(p.blas.small_m_rows, kSmallLinearMaxRows);
   gpuError_t e = gpuSuccess;
   if (p.stream) {
@@ -314,6 +321,10 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
   if (p.max_tokens > kMaxStepTokens)
     return fail("max_tokens " + std::to_string(p.max_tokens) + " exceeds " + std::to_string(kMaxStepTokens));
   if ((e = m.reserve_tokens(std::max(p.max_tokens, 1))) != gpuSuccess) return fail(gpu_message("activations", e));
+  // Logit rows are at most the step's tokens: sized once for max_tokens, so a batch that
+  // grows during warm-up does not reallocate it (and drop every graph) at each new size.
+  if ((e = m.head.reserve(m.head_bytes(std::max(p.max_tokens, 1)))) != gpuSuccess)
+    return fail(gpu_message("LM head scratch", e));
   return std::unique_ptr<GpuLlama>(new GpuLlama(std::move(impl)));
 }
 
@@ -377,7 +388,7 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
   const size_t meta_bytes = o_out + static_cast<size_t>(R) * sizeof(int32_t);
 
   gpuError_t e;
-  const size_t head_bytes = (static_cast<size_t>(R) * H * m.es + 255) / 256 * 256 + static_cast<size_t>(R) * V * m.es;
+  const size_t head_bytes = m.head_bytes(R);
   // Consecutive tokens sharing a slot (the chunk or tree size): attention's tile hint.
   int hint = 1;
   for (int i = 1, run = 1; i < T; i++) {
@@ -388,6 +399,7 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
   // the step has too few blocks to fill the device.
   AttentionArgs attn_shape{nullptr, QKV, nullptr, nullptr, m.max_seq, c.num_heads, c.num_kv_heads, c.head_dim,
                            nullptr, nullptr, nullptr, nullptr, T, nullptr, m.dt, hint};
+  attn_shape.decode_kernel = m.decode_attention;
   attn_shape.kv_splits = m.attention_splits && T > 0 ? attention_auto_splits(attn_shape) : 1;
   {
     void *before[4] = {m.meta.p, m.act.p, m.head.p, m.attn_ws.p};
@@ -395,7 +407,10 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
     if ((e = m.meta.reserve(meta_bytes)) != gpuSuccess || (e = m.reserve_tokens(T)) != gpuSuccess)
       return fail(gpu_message("scratch", e));
     if ((e = m.head.reserve(head_bytes)) != gpuSuccess) return fail(gpu_message("LM head scratch", e));
-    if ((e = m.attn_ws.reserve(attention_workspace_floats(attn_shape) * sizeof(float))) != gpuSuccess)
+    // Grown geometrically: each growth drops every graph, so the warm-up's growing batches
+    // cost a few recaptures, not one per new size.
+    const size_t ws = attention_workspace_floats(attn_shape) * sizeof(float);
+    if (ws > m.attn_ws.bytes && (e = m.attn_ws.reserve(std::max(ws, 2 * m.attn_ws.bytes))) != gpuSuccess)
       return fail(gpu_message("attention split-KV scratch", e));
     // A captured graph holds these addresses: one that moved makes every graph stale.
     if (before[0] != m.meta.p || before[1] != m.act.p || before[2] != m.head.p || before[3] != m.attn_ws.p ||

@@ -37,6 +37,7 @@ struct GpuLlamaParams {
   bool cuda_graphs = true;
   // Split-KV attention for steps with too few blocks to fill the device (attention_auto_splits).
   bool attention_splits = true;
+  bool decode_attention = true;  // decode batches on the decode attention kernel (AttentionArgs)
 };
 
 // What step() hands back; any pointer may be null (that output is not produced).
