@@ -179,6 +179,7 @@ def test_gpu_benchmark_harness_on_the_emulator(tmp_path):
     assert all(r["decode_us"] > 0 and r["tiled_us"] > 0 and r["kv_gb"] > 0 for r in by_kind["attention"]), text
     # the verify cost curve: trees 1 and 4 at batches 1 and 2
     assert sorted((r["tree_tokens"], r["batch"]) for r in by_kind["verify"]) == [(1, 1), (1, 2), (4, 1), (4, 2)]
+    assert all(r["ms_per_step"] > 0 and r["ms_per_step_tiled_attention"] > 0 for r in by_kind["verify"]), text
 
 
 # The engine's GPU path on the emulator: libflexflow_spec_gpuemu is the library with its GPU

@@ -174,12 +174,14 @@ struct Bench {
   std::unique_ptr<gpu::GpuLlama> llama;
   std::unique_ptr<gpu::GpuLlama> llama_cublas;    // the same weights and cache, cuBLAS at every M
   std::unique_ptr<gpu::GpuLlama> llama_nographs;  // the same, every kernel launched each step
+  std::unique_ptr<gpu::GpuLlama> llama_tiled;     // the same, attention never on tensor cores
   int max_requests, max_seq;
 
   ~Bench() {
     llama.reset();
     llama_cublas.reset();
     llama_nographs.reset();
+    llama_tiled.reset();
     if (weights) gpuFree(weights);
     if (kv) gpuFree(kv);
   }
@@ -187,13 +189,16 @@ struct Bench {
   // KV bytes a decode step reads per sequence at context length n (all layers, K and V).
   size_t kv_read_bytes(int n) const { return static_cast<size_t>(n) * cfg.num_layers * 2 * cfg.kv_dim() * es; }
 
-  enum Variant { kDefault, kCublasOnly, kNoGraphs };
+  enum Variant { kDefault, kCublasOnly, kNoGraphs, kTiledAttention };
   void step(const StepBatch &b, std::vector<int32_t> *tokens, Variant v = kDefault) {
     tokens->resize(b.num_rows());
     gpu::GpuStepOutput out;
     out.tokens = tokens->data();
     std::string error;
-    gpu::GpuLlama *g = v == kCublasOnly ? llama_cublas.get() : v == kNoGraphs ? llama_nographs.get() : llama.get();
+    gpu::GpuLlama *g = v == kCublasOnly       ? llama_cublas.get()
+                       : v == kNoGraphs       ? llama_nographs.get()
+                       : v == kTiledAttention ? llama_tiled.get()
+                                              : llama.get();
     if (!g->step(b, out, &error)) {
       std::fprintf(stderr, "step failed: %s\n", error.c_str());
       std::exit(1);
@@ -239,7 +244,10 @@ void setup(Bench &B, const std::string &name, DType dt, int max_requests, int ma
   p.blas.small_m_rows = gpu::kSmallLinearMaxRows;
   p.cuda_graphs = false;
   if (B.llama_cublas) B.llama_nographs = gpu::GpuLlama::create(p, &error);
-  if (!B.llama || !B.llama_cublas || !B.llama_nographs) {
+  p.cuda_graphs = true;
+  p.attention_tensor_cores = false;
+  if (B.llama_nographs) B.llama_tiled = gpu::GpuLlama::create(p, &error);
+  if (!B.llama || !B.llama_cublas || !B.llama_nographs || !B.llama_tiled) {
     std::fprintf(stderr, "%s\n", error.c_str());
     std::exit(1);
   }
@@ -573,14 +581,15 @@ int main(int argc, char **argv) {
     }
     for (const auto &bt : step_times)
       bench_breakdown(B, bt.first, ctx + steps / 2, bt.second.first, bt.second.second, emit, dname, name);
-    std::printf("verify step (chain trees at context %d), ms:\n%6s", ctx, "tree");
-    for (int b : tree_batches) std::printf(" %9s%-3d", "batch ", b);
+    std::printf("verify step (chain trees at context %d), ms (in brackets: attention on the tiled kernel, no "
+                "tensor cores):\n%6s", ctx, "tree");
+    for (int b : tree_batches) std::printf(" %17s%-3d", "batch ", b);
     std::printf("\n");
     for (int n : trees) {
       std::printf("%6d", n);
       for (int b : tree_batches) {
-        std::vector<double> ts;
-        for (int rep = 0; rep < 12; rep++) {
+        std::vector<double> ts, ts_tiled;
+        for (int rep = 0; rep < 24; rep++) {
           StepBatch v;
           for (int r = 0; r < b; r++) {
             for (int j = 0; j < n; j++) {
@@ -596,16 +605,18 @@ int main(int argc, char **argv) {
               v.tree_mask.push_back(j == 63 ? ~0ull : (1ull << (j + 1)) - 1);
             }
           }
+          const bool tiled = rep % 2;  // alternating, so drift affects both alike
           const double t0 = now_ms();
-          B.step(v, &toks);
-          if (rep >= 2) ts.push_back(now_ms() - t0);
+          B.step(v, &toks, tiled ? Bench::kTiledAttention : Bench::kDefault);
+          if (rep >= 4) (tiled ? ts_tiled : ts).push_back(now_ms() - t0);
         }
         std::sort(ts.begin(), ts.end());
-        const double ms = ts[ts.size() / 2];
-        std::printf(" %12.3f", ms);
+        std::sort(ts_tiled.begin(), ts_tiled.end());
+        const double ms = ts[ts.size() / 2], ms_tiled = ts_tiled[ts_tiled.size() / 2];
+        std::printf(" %9.3f (%7.3f)", ms, ms_tiled);
         emit("{\"kind\": \"verify\", \"model\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"tree_tokens\": %d, \"ctx\": %d, "
-             "\"ms_per_step\": %.6g}",
-             name.c_str(), dname, b, n, ctx, ms);
+             "\"ms_per_step\": %.6g, \"ms_per_step_tiled_attention\": %.6g}",
+             name.c_str(), dname, b, n, ctx, ms, ms_tiled);
       }
       std::printf("\n");
     }

@@ -94,6 +94,8 @@ std::shared_ptr<Bound> bound_for(ModelHandle *m, int device, void *weights, void
   p.attention_splits = !(split && std::string(split) == "0");
   const char *decode = std::getenv("FFS_ATTENTION_DECODE");  // "0": decode batches on the tiled kernel
   p.decode_attention = !(decode && std::string(decode) == "0");
+  const char *tc = std::getenv("FFS_ATTENTION_TC");  // "0": no tensor cores in attention
+  p.attention_tensor_cores = !(tc && std::string(tc) == "0");
   const char *small = std::getenv("FFS_GPU_SMALL_GEMM");  // "0": every projection through cuBLAS
   if (small && std::string(small) == "0") p.blas.small_m_rows = 0;
   std::string error;

@@ -19,8 +19,10 @@
 //   shared memory per block: 32 x 32 everywhere on NVIDIA; on AMD (64 KiB of LDS) 16 x 16 for
 //   head dim 256.
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/gpu/dispatch.cuh"
+#include "kernels/gpu/mma.cuh"
 
 namespace ffspec::gpu {
 
@@ -414,13 +416,224 @@ gpuError_t launch_decode(const AttentionArgs &a, int splits, gpuStream_t stream)
   return launch_decode<T, D, 8>(a, splits, stream);
 }
 
+// Tensor cores (fp16/bf16, CUDA): the tiled kernel's work split with 64 query rows per block
+// (16 per warp) and 64 keys per tile, S = Q . K^T and O += P . V as 16 x 16 x 16 mma tiles
+// (mma.cuh) through shared memory. Per tile: K and V rows land in shared memory (16-byte
+// loads); each warp computes its 16 rows' scores S (fp32); two threads per row apply the
+// scale and the visibility rule, update m and l, write P rounded to the element type (l sums
+// the rounded P, so O and l agree) and rescale their row of O by alpha; each warp then adds
+// P . V to its rows of O (fp32, in shared memory). For prefill chunks and verify trees, where a
+// K/V tile serves many rows: the tiled kernel does those 64 x 64 x d products on CUDA cores.
+constexpr int kMmaRows = 64, kMmaKeys = 64;
+[[maybe_unused]] constexpr int kMmaThreads = 128;  // unused where there is no mma16 (HIP)
+
+template <int D>
+struct MmaShape {
+  static constexpr int ldt = D + 8;         // rows of Q, K, V (elements): 16-byte pad, no bank conflicts
+  static constexpr int lds = kMmaKeys + 4;  // S (fp32)
+  static constexpr int ldp = kMmaKeys + 8;  // P (elements)
+  static constexpr int ldo = D + 4;         // O (fp32)
+  __host__ __device__ static constexpr size_t al(size_t b) { return (b + 127) / 128 * 128; }
+  static constexpr size_t meta = al(kMmaRows * (6 * sizeof(int) + sizeof(uint64_t)));
+  static constexpr size_t bytes(size_t es) {
+    return meta + 3 * al(kMmaRows * ldt * es) + al(kMmaRows * lds * sizeof(float)) + al(kMmaRows * ldp * es) +
+           al(kMmaRows * ldo * sizeof(float));
+  }
+};
+
+#ifdef FFS_HAVE_MMA16
+template <typename T, int D>
+__global__ void __launch_bounds__(kMmaThreads)
+    attention_mma_kernel(const T *__restrict__ q, int q_stride, const T *__restrict__ cache_k,
+                         const T *__restrict__ cache_v, int max_seq, int n_kv_heads, int group,
+                         const int32_t *__restrict__ prefix_len, const int32_t *__restrict__ slots,
+                         const int32_t *__restrict__ tree_base, const uint64_t *__restrict__ tree_mask, int T_,
+                         int bq, T *__restrict__ out, float scale, int row_chunks, int kv_splits,
+                         float *__restrict__ partial) {
+  static_assert(kMmaThreads / FFS_WARP_SIZE * 16 == kMmaRows, "a warp owns 16 query rows");
+  using S = MmaShape<D>;
+  constexpr int LDT = S::ldt, LDS = S::lds, LDP = S::ldp, LDO = S::ldo, kRows = kMmaRows, kKeys = kMmaKeys;
+#if defined(FFS_GPU_EMU)
+  FFS_DYNAMIC_SMEM(smem);
+#else
+  extern __shared__ __align__(128) unsigned char ffs_mma_smem[];  // wmma: 32-byte aligned tiles
+  unsigned char *const smem = ffs_mma_smem;
+#endif
+  uint64_t *s_mask = reinterpret_cast<uint64_t *>(smem);
+  int *s_tok = reinterpret_cast<int *>(s_mask + kRows);
+  int *s_head = s_tok + kRows, *s_plen = s_head + kRows, *s_base = s_plen + kRows;
+  float *s_m = reinterpret_cast<float *>(s_base + kRows), *s_l = s_m + kRows;
+  T *s_q = reinterpret_cast<T *>(smem + S::meta);
+  T *s_k = s_q + S::al(kRows * LDT * sizeof(T)) / sizeof(T);
+  T *s_v = s_k + S::al(kRows * LDT * sizeof(T)) / sizeof(T);
+  float *s_s = reinterpret_cast<float *>(s_v + S::al(kRows * LDT * sizeof(T)) / sizeof(T));
+  T *s_p = reinterpret_cast<T *>(s_s + S::al(kRows * LDS * sizeof(float)) / sizeof(float));
+  float *s_o = reinterpret_cast<float *>(s_p + S::al(kRows * LDP * sizeof(T)) / sizeof(T));
+
+  const int tid = threadIdx.x, warp = tid / FFS_WARP_SIZE;
+  const int kvh = blockIdx.y;
+  const int t0 = blockIdx.x * bq, t1 = min(T_, t0 + bq);
+  const int row0 = (blockIdx.z % row_chunks) * kRows;
+  const int split = blockIdx.z / row_chunks;
+  const int nrows = min(kRows, bq * group - row0);
+  const int kv_dim = n_kv_heads * D;
+  constexpr int kChunk = 16 / static_cast<int>(sizeof(T)), kChunksPerRow = D / kChunk;  // 16-byte pieces
+
+  if (tid < kRows) {
+    const int rg = row0 + tid, t = t0 + rg / group;
+    const bool ok = tid < nrows && t < t1;
+    s_tok[tid] = ok ? t : -1;
+    s_head[tid] = kvh * group + rg % group;
+    s_plen[tid] = ok ? prefix_len[t] : 0;
+    s_base[tid] = ok && tree_base ? tree_base[t] : 0;
+    s_mask[tid] = ok && tree_mask ? tree_mask[t] : 0;
+    s_m[tid] = -INFINITY;
+    s_l[tid] = 0.0f;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < kRows * D; idx += kMmaThreads) {
+    const int r = idx / D, i = idx % D, t = s_tok[r];
+    s_q[r * LDT + i] = t >= 0 ? q[static_cast<size_t>(t) * q_stride + static_cast<size_t>(s_head[r]) * D + i]
+                              : from_f32<T>(0.0f);
+    s_o[r * LDO + i] = 0.0f;
+  }
+  // Two threads per row in the softmax step: row r = tid / 2 keeps keys [32 h, 32 h + 32).
+  const int my_row = tid / 2, half = tid % 2;
+
+  for (int seg = t0; seg < t1;) {
+    const int slot = slots[seg];
+    int seg_end = seg + 1;
+    while (seg_end < t1 && slots[seg_end] == slot) seg_end++;
+    int kv_end = 0;
+    for (int r = 0; r < kRows; r++) {
+      const int t = s_tok[r];
+      if (t < seg || t >= seg_end) continue;
+      kv_end = max(kv_end, s_plen[r]);
+      if (s_mask[r]) kv_end = max(kv_end, s_base[r] + 64 - __clzll(static_cast<long long>(s_mask[r])));
+    }
+    kv_end = min(kv_end, max_seq);
+    const size_t cache_off = static_cast<size_t>(slot) * max_seq * kv_dim + static_cast<size_t>(kvh) * D;
+    int p_begin = 0, p_end = kv_end;
+    if (kv_splits > 1) {
+      const int span = (kv_end + kv_splits * kKeys - 1) / (kv_splits * kKeys) * kKeys;
+      p_begin = min(kv_end, split * span);
+      p_end = min(kv_end, p_begin + span);
+    }
+    for (int p0 = p_begin; p0 < p_end; p0 += kKeys) {
+      __syncthreads();  // the previous tile's K, V, S, P are consumed
+      for (int c = tid; c < kKeys * kChunksPerRow; c += kMmaThreads) {
+        const int j = c / kChunksPerRow, i = (c % kChunksPerRow) * kChunk, p = p0 + j;
+        uint4 kk = {0, 0, 0, 0}, vv = {0, 0, 0, 0};
+        if (p < p_end) {
+          const size_t at = cache_off + static_cast<size_t>(p) * kv_dim + i;
+          kk = *reinterpret_cast<const uint4 *>(cache_k + at);
+          vv = *reinterpret_cast<const uint4 *>(cache_v + at);
+        }
+        *reinterpret_cast<uint4 *>(s_k + j * LDT + i) = kk;
+        *reinterpret_cast<uint4 *>(s_v + j * LDT + i) = vv;
+      }
+      __syncthreads();
+      if (warp * 16 < nrows)  // S[16 x 64] of this warp's rows: Q . K^T
+        for (int n = 0; n < kKeys / 16; n++)
+          mma16<T, true>(s_s + warp * 16 * LDS + n * 16, LDS, s_q + warp * 16 * LDT, LDT, s_k + n * 16 * LDT, LDT,
+                         D, false);
+      __syncthreads();
+      {
+        const int r = my_row, t = s_tok[r];
+        const bool row_ok = r < nrows && t >= seg && t < seg_end;
+        float sc[kKeys / 2];
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kKeys / 2; j++) {
+          const int key = half * (kKeys / 2) + j, p = p0 + key;
+          const bool vis = row_ok && p < p_end && visible(p, s_plen[r], s_base[r], s_mask[r]);
+          sc[j] = vis ? s_s[r * LDS + key] * scale : -INFINITY;
+          mx = fmaxf(mx, sc[j]);
+        }
+        mx = fmaxf(mx, FFS_SHFL_XOR(mx, 1));
+        const float m_old = s_m[r], m_new = fmaxf(m_old, mx);
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kKeys / 2; j++) {
+          const T pt = from_f32<T>(m_new == -INFINITY ? 0.0f : expf(sc[j] - m_new));
+          s_p[r * LDP + half * (kKeys / 2) + j] = pt;
+          sum += to_f32(pt);
+        }
+        sum += FFS_SHFL_XOR(sum, 1);
+        const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
+        for (int d = half * (D / 2); d < (half + 1) * (D / 2); d++) s_o[r * LDO + d] *= alpha;
+        if (half == 0) {  // both threads of the row read m_old before the shuffles above
+          s_m[r] = m_new;
+          s_l[r] = s_l[r] * alpha + sum;
+        }
+      }
+      __syncthreads();
+      if (warp * 16 < nrows)  // O[16 x D] += P[16 x 64] . V[64 x D]
+        for (int n = 0; n < D / 16; n++)
+          mma16<T, false>(s_o + warp * 16 * LDO + n * 16, LDO, s_p + warp * 16 * LDP, LDP, s_v + n * 16, LDT, kKeys,
+                          true);
+    }
+    seg = seg_end;
+  }
+  __syncthreads();
+  const int r = my_row;
+  if (r < nrows && s_tok[r] >= 0) {
+    const float l = s_l[r];
+    const int n_heads = n_kv_heads * group;
+    const size_t row = static_cast<size_t>(s_tok[r]) * n_heads + s_head[r];
+    for (int d = half * (D / 2); d < (half + 1) * (D / 2); d++) {
+      const float o = s_o[r * LDO + d];
+      if (kv_splits == 1) {
+        out[row * D + d] = from_f32<T>(l > 0.0f ? o / l : 0.0f);
+      } else {
+        float *dst = partial + (static_cast<size_t>(split) * T_ * n_heads + row) * (D + 2);
+        dst[d] = o;
+        if (d == 0) {
+          dst[D] = s_m[r];
+          dst[D + 1] = l;
+        }
+      }
+    }
+  }
+}
+#endif
+
+// Whether the tensor-core kernel takes this step: fp16/bf16 on CUDA (and the emulator), head
+// dim a multiple of 16, 16-byte aligned caches, not a decode batch, and at least half a
+// block's rows from consecutive tokens of a slot (prefill chunks, verify trees).
+bool use_mma_kernel(const AttentionArgs &a) {
+#ifdef FFS_HAVE_MMA16
+  if (!a.tensor_cores || a.dtype == DType::F32 || a.head_dim % 16 != 0 || a.head_dim < 16) return false;
+  const size_t es = 2;
+  if (reinterpret_cast<uintptr_t>(a.cache_k) % 16 || reinterpret_cast<uintptr_t>(a.cache_v) % 16 ||
+      static_cast<size_t>(a.n_kv_heads) * a.head_dim * es % 16)
+    return false;
+  const int group = a.n_heads / a.n_kv_heads;
+  const int bq = group >= kMmaRows ? 1 : max(1, min(a.tokens_per_slot_hint, kMmaRows / group));
+  if (min(bq * group, kMmaRows) < kMmaRows / 2) return false;
+  size_t bytes = 0;
+  switch (a.head_dim) {
+    case 16: bytes = MmaShape<16>::bytes(es); break;
+    case 32: bytes = MmaShape<32>::bytes(es); break;
+    case 64: bytes = MmaShape<64>::bytes(es); break;
+    case 128: bytes = MmaShape<128>::bytes(es); break;
+    case 256: bytes = MmaShape<256>::bytes(es); break;
+    default: return false;
+  }
+  return bytes <= FFS_MAX_SMEM_BYTES;
+#else
+  (void)a;
+  return false;
+#endif
+}
+
 // Blocks of the unsplit grid: (token tiles, KV heads, row chunks).
 struct AttnGrid {
   int bq, row_chunks;
   long long blocks;
 };
 AttnGrid attn_grid(const AttentionArgs &a) {
-  const int group = a.n_heads / a.n_kv_heads, rows = attn_rows(a.head_dim);
+  const int group = a.n_heads / a.n_kv_heads, rows = use_mma_kernel(a) ? kMmaRows : attn_rows(a.head_dim);
   int bq = 1;
   if (group < rows) bq = max(1, min(a.tokens_per_slot_hint, rows / group));
   const int chunks = static_cast<int>(ceil_div(static_cast<long long>(bq) * group, rows));
@@ -449,6 +662,22 @@ gpuError_t launch_attention(const AttentionArgs &a, gpuStream_t stream) {
     }
   }
   const dim3 grid(ceil_div(a.T, g.bq), a.n_kv_heads, g.row_chunks * splits);
+#ifdef FFS_HAVE_MMA16
+  if constexpr (!std::is_same<T, float>::value && D % 16 == 0) {
+    if (use_mma_kernel(a)) {
+      const size_t bytes = MmaShape<D>::bytes(sizeof(T));
+      e = gpuFuncSetAttribute(reinterpret_cast<const void *>(&attention_mma_kernel<T, D>),
+                              gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+      if (e != gpuSuccess) return e;
+      FFS_LAUNCH((attention_mma_kernel<T, D>), grid, kMmaThreads, bytes, stream, static_cast<const T *>(a.q),
+                 a.q_stride, static_cast<const T *>(a.cache_k), static_cast<const T *>(a.cache_v), a.max_seq,
+                 a.n_kv_heads, group, a.prefix_len, a.slots, a.tree_base, a.tree_mask, a.T, g.bq,
+                 static_cast<T *>(a.out), 1.0f / sqrtf(static_cast<float>(D)), g.row_chunks, splits, a.partial);
+      if ((e = gpuGetLastError()) != gpuSuccess || splits == 1) return e;
+      return launch_combine<T, D>(a, splits, stream);
+    }
+  }
+#endif
   e = gpuFuncSetAttribute(reinterpret_cast<const void *>(&attention_kernel<T, D>),
                                      gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::bytes));
   if (e != gpuSuccess) return e;

@@ -83,6 +83,9 @@ struct AttentionArgs {
   // head_dim >= the warp size) runs a kernel without shared-memory K/V tiles; false keeps the
   // tiled kernel for every step. Same result up to fp32 summation order.
   bool decode_kernel = true;
+  // fp16/bf16 steps whose tokens come in runs of one slot (prefill chunks, verify trees) run
+  // S = Q K^T and P V on tensor cores (CUDA; not HIP); false keeps the CUDA-core tiled kernel.
+  bool tensor_cores = true;
 };
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream);
 bool attention_supports_head_dim(int head_dim);

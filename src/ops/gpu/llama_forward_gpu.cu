@@ -118,6 +118,7 @@ struct GpuLlama::Impl {
   DeviceBuffer attn_ws;  // split-KV partial outputs
   bool attention_splits = true;
   bool decode_attention = true;
+  bool attention_tensor_cores = true;
   int small_m_rows = 0;  // steps of at most this many tokens fuse gate_up with SwiGLU
   std::vector<uint8_t> logits_host;  // dtype bits of the logits before conversion to fp32
   Blas *blas = nullptr;
@@ -279,6 +280,7 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
   m.use_graphs = p.cuda_graphs;
   m.attention_splits = p.attention_splits;
   m.decode_attention = p.decode_attention;
+  m.attention_tensor_cores = p.attention_tensor_cores;
   m.small_m_rows = std::min(p.blas.small_m_rows, kSmallLinearMaxRows);
   gpuError_t e = gpuSuccess;
   if (p.stream) {
@@ -400,6 +402,7 @@ bool GpuLlama::step(const StepBatch &b, const GpuStepOutput &out, std::string *e
   AttentionArgs attn_shape{nullptr, QKV, nullptr, nullptr, m.max_seq, c.num_heads, c.num_kv_heads, c.head_dim,
                            nullptr, nullptr, nullptr, nullptr, T, nullptr, m.dt, hint};
   attn_shape.decode_kernel = m.decode_attention;
+  attn_shape.tensor_cores = m.attention_tensor_cores;
   attn_shape.kv_splits = m.attention_splits && T > 0 ? attention_auto_splits(attn_shape) : 1;
   {
     void *before[4] = {m.meta.p, m.act.p, m.head.p, m.attn_ws.p};

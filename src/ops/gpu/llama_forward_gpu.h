@@ -38,6 +38,7 @@ struct GpuLlamaParams {
   // Split-KV attention for steps with too few blocks to fill the device (attention_auto_splits).
   bool attention_splits = true;
   bool decode_attention = true;  // decode batches on the decode attention kernel (AttentionArgs)
+  bool attention_tensor_cores = true;  // prefill chunks and trees on tensor cores (fp16/bf16, CUDA)
 };
 
 // What step() hands back; any pointer may be null (that output is not produced).
