@@ -174,6 +174,7 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
         const float pj = m_new == -INFINITY ? 0.0f : expf(s - m_new);
         const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
         const float psum = warp_sum<kBkv>(pj);
+        FFS_SYNCWARP();  // every lane of the group has read s_m[r] before key 0 writes it
         if (row_ok) {
           s_p[r * (kBkv + 1) + key] = pj;
           if (key == 0) {
@@ -425,6 +426,7 @@ gpuError_t launch_decode(const AttentionArgs &a, int splits, gpuStream_t stream)
 // P . V to its rows of O (fp32, in shared memory). For prefill chunks and verify trees, where a
 // K/V tile serves many rows: the tiled kernel does those 64 x 64 x d products on CUDA cores.
 constexpr int kMmaRows = 64, kMmaKeys = 64;
+static_assert(kMmaKeys == kMmaRows, "the K and V tiles are sized by kMmaRows");
 [[maybe_unused]] constexpr int kMmaThreads = 128;  // unused where there is no mma16 (HIP)
 
 template <int D>
@@ -462,7 +464,6 @@ __global__ void __launch_bounds__(kMmaThreads)
   uint64_t *s_mask = reinterpret_cast<uint64_t *>(smem);
   int *s_tok = reinterpret_cast<int *>(s_mask + kRows);
   int *s_head = s_tok + kRows, *s_plen = s_head + kRows, *s_base = s_plen + kRows;
-  float *s_m = reinterpret_cast<float *>(s_base + kRows), *s_l = s_m + kRows;
   T *s_q = reinterpret_cast<T *>(smem + S::meta);
   T *s_k = s_q + S::al(kRows * LDT * sizeof(T)) / sizeof(T);
   T *s_v = s_k + S::al(kRows * LDT * sizeof(T)) / sizeof(T);
@@ -487,8 +488,6 @@ __global__ void __launch_bounds__(kMmaThreads)
     s_plen[tid] = ok ? prefix_len[t] : 0;
     s_base[tid] = ok && tree_base ? tree_base[t] : 0;
     s_mask[tid] = ok && tree_mask ? tree_mask[t] : 0;
-    s_m[tid] = -INFINITY;
-    s_l[tid] = 0.0f;
   }
   __syncthreads();
   for (int idx = tid; idx < kRows * D; idx += kMmaThreads) {
@@ -497,8 +496,11 @@ __global__ void __launch_bounds__(kMmaThreads)
                               : from_f32<T>(0.0f);
     s_o[r * LDO + i] = 0.0f;
   }
-  // Two threads per row in the softmax step: row r = tid / 2 keeps keys [32 h, 32 h + 32).
-  const int my_row = tid / 2, half = tid % 2;
+  // Two threads per row in the softmax step: row r = tid / 2 keeps keys [32 side, 32 side + 32).
+  // Both hold the row's running max m and sum l in registers: after the two shuffles they
+  // compute the same values (a row is one token, so one segment).
+  const int my_row = tid / 2, side = tid % 2;
+  float row_m = -INFINITY, row_l = 0.0f;
 
   for (int seg = t0; seg < t1;) {
     const int slot = slots[seg];
@@ -521,6 +523,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     }
     for (int p0 = p_begin; p0 < p_end; p0 += kKeys) {
       __syncthreads();  // the previous tile's K, V, S, P are consumed
+#pragma unroll
       for (int c = tid; c < kKeys * kChunksPerRow; c += kMmaThreads) {
         const int j = c / kChunksPerRow, i = (c % kChunksPerRow) * kChunk, p = p0 + j;
         uint4 kk = {0, 0, 0, 0}, vv = {0, 0, 0, 0};
@@ -545,27 +548,25 @@ __global__ void __launch_bounds__(kMmaThreads)
         float mx = -INFINITY;
 #pragma unroll
         for (int j = 0; j < kKeys / 2; j++) {
-          const int key = half * (kKeys / 2) + j, p = p0 + key;
+          const int key = side * (kKeys / 2) + j, p = p0 + key;
           const bool vis = row_ok && p < p_end && visible(p, s_plen[r], s_base[r], s_mask[r]);
           sc[j] = vis ? s_s[r * LDS + key] * scale : -INFINITY;
           mx = fmaxf(mx, sc[j]);
         }
         mx = fmaxf(mx, FFS_SHFL_XOR(mx, 1));
-        const float m_old = s_m[r], m_new = fmaxf(m_old, mx);
+        const float m_old = row_m, m_new = fmaxf(m_old, mx);
         float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < kKeys / 2; j++) {
           const T pt = from_f32<T>(m_new == -INFINITY ? 0.0f : expf(sc[j] - m_new));
-          s_p[r * LDP + half * (kKeys / 2) + j] = pt;
+          s_p[r * LDP + side * (kKeys / 2) + j] = pt;
           sum += to_f32(pt);
         }
         sum += FFS_SHFL_XOR(sum, 1);
         const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-        for (int d = half * (D / 2); d < (half + 1) * (D / 2); d++) s_o[r * LDO + d] *= alpha;
-        if (half == 0) {  // both threads of the row read m_old before the shuffles above
-          s_m[r] = m_new;
-          s_l[r] = s_l[r] * alpha + sum;
-        }
+        for (int d = side * (D / 2); d < (side + 1) * (D / 2); d++) s_o[r * LDO + d] *= alpha;
+        row_m = m_new;
+        row_l = row_l * alpha + sum;
       }
       __syncthreads();
       if (warp * 16 < nrows)  // O[16 x D] += P[16 x 64] . V[64 x D]
@@ -578,10 +579,10 @@ __global__ void __launch_bounds__(kMmaThreads)
   __syncthreads();
   const int r = my_row;
   if (r < nrows && s_tok[r] >= 0) {
-    const float l = s_l[r];
+    const float l = row_l;
     const int n_heads = n_kv_heads * group;
     const size_t row = static_cast<size_t>(s_tok[r]) * n_heads + s_head[r];
-    for (int d = half * (D / 2); d < (half + 1) * (D / 2); d++) {
+    for (int d = side * (D / 2); d < (side + 1) * (D / 2); d++) {
       const float o = s_o[r * LDO + d];
       if (kv_splits == 1) {
         out[row * D + d] = from_f32<T>(l > 0.0f ? o / l : 0.0f);
@@ -589,7 +590,7 @@ __global__ void __launch_bounds__(kMmaThreads)
         float *dst = partial + (static_cast<size_t>(split) * T_ * n_heads + row) * (D + 2);
         dst[d] = o;
         if (d == 0) {
-          dst[D] = s_m[r];
+          dst[D] = row_m;
           dst[D + 1] = l;
         }
       }
@@ -620,7 +621,17 @@ bool use_mma_kernel(const AttentionArgs &a) {
     case 256: bytes = MmaShape<256>::bytes(es); break;
     default: return false;
   }
-  return bytes <= FFS_MAX_SMEM_BYTES;
+  // What this device lets a block opt into (less than the build's FFS_MAX_SMEM_BYTES on GPUs
+  // other than Hopper that run the PTX, e.g. 99 KiB on sm_120).
+  static const int optin = [] {
+    int dev = 0, n = 0;
+    if (gpuGetDevice(&dev) != gpuSuccess ||
+        gpuDeviceGetAttribute(&n, gpuDevAttrMaxSharedMemoryPerBlockOptin, dev) != gpuSuccess)
+      n = 0;
+    (void)gpuGetLastError();  // clear the error the failed query set
+    return n > 0 ? n : FFS_MAX_SMEM_BYTES;
+  }();
+  return bytes <= static_cast<size_t>(std::min<int>(optin, FFS_MAX_SMEM_BYTES));
 #else
   (void)a;
   return false;

@@ -7,6 +7,7 @@
 // The CPU emulator (kernels/gpu/emu): the same sources compiled as C++ for the tests.
 #include "kernels/gpu/emu/gpu_emu.h"
 #define FFS_SHFL_XOR(v, m) ::ffspec::emu::shfl_xor((v), (m))
+#define FFS_SYNCWARP() ::ffspec::emu::sync_warp()
 #define FFS_SHFL_UP(v, d) ::ffspec::emu::shfl_up((v), (d))
 #define gpu_float2half __float2half_rn
 #define gpu_half2float __half2float
@@ -67,6 +68,7 @@ using gpu_bf16 = hip_bfloat16;
 #define gpuGetDevice hipGetDevice
 #define gpuDeviceGetAttribute hipDeviceGetAttribute
 #define gpuDevAttrMultiProcessorCount hipDeviceAttributeMultiprocessorCount
+#define gpuDevAttrMaxSharedMemoryPerBlockOptin hipDeviceAttributeSharedMemPerBlockOptin
 #define gpuMemGetInfo hipMemGetInfo
 #define gpuGetDeviceProperties hipGetDeviceProperties
 #define gpuStreamBeginCapture hipStreamBeginCapture
@@ -83,6 +85,7 @@ using gpuGraph_t = hipGraph_t;
 using gpuGraphExec_t = hipGraphExec_t;
 using gpuDeviceProp_t = hipDeviceProp_t;
 #define FFS_SHFL_XOR(v, m) __shfl_xor((v), (m))
+#define FFS_SYNCWARP() __builtin_amdgcn_wave_barrier()  // a wavefront runs in lockstep; orders the compiler
 #define FFS_SHFL_UP(v, d) __shfl_up((v), (d))
 // CDNA (MI200 gfx90a, MI300 gfx942) runs 64-lane wavefronts. RDNA defaults to 32 lanes: build
 // for it with -mwavefrontsize64, or this stops the device compilation. (Newer clangs deprecate
@@ -142,6 +145,7 @@ using gpu_bf16 = __nv_bfloat16;
 #define gpuGetDevice cudaGetDevice
 #define gpuDeviceGetAttribute cudaDeviceGetAttribute
 #define gpuDevAttrMultiProcessorCount cudaDevAttrMultiProcessorCount
+#define gpuDevAttrMaxSharedMemoryPerBlockOptin cudaDevAttrMaxSharedMemoryPerBlockOptin
 #define gpuMemGetInfo cudaMemGetInfo
 #define gpuGetDeviceProperties cudaGetDeviceProperties
 #define gpuStreamBeginCapture cudaStreamBeginCapture
@@ -158,6 +162,7 @@ using gpuGraph_t = cudaGraph_t;
 using gpuGraphExec_t = cudaGraphExec_t;
 using gpuDeviceProp_t = cudaDeviceProp;
 #define FFS_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
+#define FFS_SYNCWARP() __syncwarp()  // shuffles order no memory: this does, within the warp
 #define FFS_SHFL_UP(v, d) __shfl_up_sync(0xffffffffu, (v), (d))
 #define FFS_WARP_SIZE 32
 // sm_90's (and sm_100's) opt-in maximum per block (gpuFuncSetAttribute); the build targets

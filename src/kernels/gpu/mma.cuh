@@ -14,6 +14,9 @@
 #elif !(defined(FFS_HIP) || defined(__HIP_PLATFORM_AMD__) || defined(__HIP__))
 #include <mma.h>
 #define FFS_HAVE_MMA16 1
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "mma16 (tensor-core attention) needs sm_80 or newer: set CMAKE_CUDA_ARCHITECTURES to 80 or above"
+#endif
 #endif
 
 #ifdef FFS_HAVE_MMA16

@@ -307,6 +307,7 @@ const Dim3 &block_dim() { return g_run.block_dim; }
 const Dim3 &grid_dim() { return g_run.grid_dim; }
 unsigned char *dynamic_smem() { return g_run.smem.data(); }
 void sync_threads() { yield(kAtBlock); }
+void sync_warp() { yield(kAtWarp); }
 
 uint64_t warp_exchange(uint64_t v, int lane_xor, int lane_up) {
   Run &r = g_run;
@@ -413,8 +414,10 @@ gpuError_t gpuGetDevice(int *d) {
   return gpuSuccess;
 }
 gpuError_t gpuDeviceGetAttribute(int *v, gpuDeviceAttr a, int d) {
-  if (d != 0 || a != gpuDevAttrMultiProcessorCount) return set_error(gpuErrorInvalidValue);
-  *v = kSMs;
+  if (d != 0) return set_error(gpuErrorInvalidValue);
+  if (a == gpuDevAttrMultiProcessorCount) *v = kSMs;
+  else if (a == gpuDevAttrMaxSharedMemoryPerBlockOptin) *v = FFS_GPU_EMU_SMEM_MAX;
+  else return set_error(gpuErrorInvalidValue);
   return gpuSuccess;
 }
 gpuError_t gpuMemGetInfo(size_t *free_bytes, size_t *total_bytes) {

@@ -79,7 +79,7 @@ enum gpuMemcpyKind : int {
   gpuMemcpyDefault = 4
 };
 enum gpuFuncAttribute : int { gpuFuncAttributeMaxDynamicSharedMemorySize = 8 };
-enum gpuDeviceAttr : int { gpuDevAttrMultiProcessorCount = 16 };
+enum gpuDeviceAttr : int { gpuDevAttrMultiProcessorCount = 16, gpuDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum gpuStreamCaptureMode : int { gpuStreamCaptureModeThreadLocal = 1 };
 constexpr unsigned gpuStreamNonBlocking = 1;
 constexpr unsigned gpuEventDisableTiming = 2;
@@ -175,6 +175,7 @@ const Dim3 &block_dim();
 const Dim3 &grid_dim();
 unsigned char *dynamic_smem();
 void sync_threads();
+void sync_warp();  // every live lane of the warp arrives before any goes on
 // Warp exchange: every live lane of the calling warp passes v; returns lane src's value.
 uint64_t warp_exchange(uint64_t v, int src_lane_xor, int src_lane_up);
 
