@@ -71,6 +71,77 @@ __device__ __forceinline__ bool visible(int p, int plen, int base, uint64_t mask
   return mask != 0 && j >= 0 && j < 64 && ((mask >> j) & 1ull);
 }
 
+// Element d of output row `row` (of rows_total = T * n_heads): normalized into out, or, when
+// the keys are split, the split's partial [split][rows_total][D + 2] (o unnormalized, then m
+// and l of the split's keys) for the combine kernel.
+template <typename T, int D>
+__device__ __forceinline__ void store_output(T *__restrict__ out, float *__restrict__ partial, int kv_splits,
+                                             int split, size_t rows_total, size_t row, int d, float o, float m,
+                                             float l) {
+  if (kv_splits == 1) {
+    out[row * D + d] = from_f32<T>(l > 0.0f ? o / l : 0.0f);
+    return;
+  }
+  float *dst = partial + (static_cast<size_t>(split) * rows_total + row) * (D + 2);
+  dst[d] = o;
+  if (d == 0) {
+    dst[D] = m;
+    dst[D + 1] = l;
+  }
+}
+
+// A block's query rows (tiled and tensor-core kernels): row r < nrows is (token t0 + (row0 + r)
+// / group, query head kvh * group + (row0 + r) % group); its token -1 past the last token.
+// Threads 0..rows-1 fill them; the caller synchronizes.
+struct RowMeta {
+  uint64_t *mask;
+  int *tok, *head, *plen, *base;
+};
+__device__ __forceinline__ void fill_row_meta(const RowMeta &s, int rows, int row0, int nrows, int group, int kvh,
+                                              int t0, int t1, const int32_t *__restrict__ prefix_len,
+                                              const int32_t *__restrict__ tree_base,
+                                              const uint64_t *__restrict__ tree_mask) {
+  const int tid = threadIdx.x;
+  if (tid >= rows) return;
+  const int rg = row0 + tid, t = t0 + rg / group;
+  const bool ok = tid < nrows && t < t1;
+  s.tok[tid] = ok ? t : -1;
+  s.head[tid] = kvh * group + rg % group;
+  s.plen[tid] = ok ? prefix_len[t] : 0;
+  s.base[tid] = ok && tree_base ? tree_base[t] : 0;
+  s.mask[tid] = ok && tree_mask ? tree_mask[t] : 0;
+}
+
+// The segment starting at token seg (consecutive tokens of one slot) and the keys this block
+// scans for it: [0, kv_end) over the rows of the segment (longest prefix, highest tree
+// position), or split `split`'s share of it in whole tiles of `tile` keys.
+struct Segment {
+  int end, slot, p_begin, p_end;
+};
+__device__ __forceinline__ Segment segment_keys(int seg, int t1, const int32_t *__restrict__ slots, const RowMeta &s,
+                                                int rows, int max_seq, int kv_splits, int split, int tile) {
+  Segment g;
+  g.slot = slots[seg];
+  g.end = seg + 1;
+  while (g.end < t1 && slots[g.end] == g.slot) g.end++;
+  int kv_end = 0;
+  for (int r = 0; r < rows; r++) {
+    const int t = s.tok[r];
+    if (t < seg || t >= g.end) continue;
+    kv_end = max(kv_end, s.plen[r]);
+    if (s.mask[r]) kv_end = max(kv_end, s.base[r] + 64 - __clzll(static_cast<long long>(s.mask[r])));
+  }
+  kv_end = min(kv_end, max_seq);
+  g.p_begin = 0;
+  g.p_end = kv_end;
+  if (kv_splits > 1) {
+    const int span = (kv_end + kv_splits * tile - 1) / (kv_splits * tile) * tile;
+    g.p_begin = min(kv_end, split * span);
+    g.p_end = min(kv_end, g.p_begin + span);
+  }
+  return g;
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(AttnShape<D>::threads)
     attention_kernel(const T *__restrict__ q, int q_stride, const T *__restrict__ cache_k,
@@ -98,14 +169,9 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
   const int nrows = min(kRows, bq * group - row0);  // rows of this block (some may be past T)
   const int kv_dim = n_kv_heads * D;
 
+  const RowMeta meta{s_mask, s_tok, s_head, s_plen, s_base};
+  fill_row_meta(meta, kRows, row0, nrows, group, kvh, t0, t1, prefix_len, tree_base, tree_mask);
   if (tid < kRows) {
-    const int rg = row0 + tid, t = t0 + rg / group;
-    const bool ok = tid < nrows && t < t1;
-    s_tok[tid] = ok ? t : -1;
-    s_head[tid] = kvh * group + rg % group;
-    s_plen[tid] = ok ? prefix_len[t] : 0;
-    s_base[tid] = ok && tree_base ? tree_base[t] : 0;
-    s_mask[tid] = ok && tree_mask ? tree_mask[t] : 0;
     s_m[tid] = -INFINITY;
     s_l[tid] = 0.0f;
   }
@@ -122,26 +188,10 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
   const int d = tid % D, phase = tid / D;
 
   for (int seg = t0; seg < t1;) {
-    // Segment [seg, seg_end): consecutive tokens of one slot.
-    const int slot = slots[seg];
-    int seg_end = seg + 1;
-    while (seg_end < t1 && slots[seg_end] == slot) seg_end++;
-    int kv_end = 0;
-    for (int r = 0; r < kRows; r++) {
-      const int t = s_tok[r];
-      if (t < seg || t >= seg_end) continue;
-      kv_end = max(kv_end, s_plen[r]);
-      if (s_mask[r]) kv_end = max(kv_end, s_base[r] + 64 - __clzll(static_cast<long long>(s_mask[r])));
-    }
-    kv_end = min(kv_end, max_seq);
-    const size_t cache_off = static_cast<size_t>(slot) * max_seq * kv_dim + static_cast<size_t>(kvh) * D;
-    // This block's keys: all of [0, kv_end), or its split's share (whole tiles).
-    int p_begin = 0, p_end = kv_end;
-    if (kv_splits > 1) {
-      const int span = (kv_end + kv_splits * kBkv - 1) / (kv_splits * kBkv) * kBkv;
-      p_begin = min(kv_end, split * span);
-      p_end = min(kv_end, p_begin + span);
-    }
+    // Segment [seg, seg_end): consecutive tokens of one slot; this block's keys for it.
+    const Segment sg = segment_keys(seg, t1, slots, meta, kRows, max_seq, kv_splits, split, kBkv);
+    const int seg_end = sg.end, p_begin = sg.p_begin, p_end = sg.p_end;
+    const size_t cache_off = static_cast<size_t>(sg.slot) * max_seq * kv_dim + static_cast<size_t>(kvh) * D;
 
     for (int p0 = p_begin; p0 < p_end; p0 += kBkv) {
       __syncthreads();  // the previous tile's s_k / s_v / s_p are consumed
@@ -205,22 +255,33 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
   for (int k = 0; k < S::rows_per_thread; k++) {
     const int r = phase + S::phases * k;
     if (r < nrows && s_tok[r] >= 0) {
-      const float l = s_l[r];
       const int n_heads = n_kv_heads * group;
       const size_t row = static_cast<size_t>(s_tok[r]) * n_heads + s_head[r];
-      if (kv_splits == 1) {
-        out[row * D + d] = from_f32<T>(l > 0.0f ? o[k] / l : 0.0f);
-      } else {
-        // [split][T * n_heads][D + 2]: o unnormalized, then m and l of the split's keys.
-        float *dst = partial + (static_cast<size_t>(split) * T_ * n_heads + row) * (D + 2);
-        dst[d] = o[k];
-        if (d == 0) {
-          dst[D] = s_m[r];
-          dst[D + 1] = l;
-        }
-      }
+      store_output<T, D>(out, partial, kv_splits, split, static_cast<size_t>(T_) * n_heads, row, d, o[k], s_m[r],
+                         s_l[r]);
     }
   }
+}
+
+// n partial results of one output row, each (o[0..D) unnormalized, m, l) at p + i * stride:
+// M = max m_i, L = sum l_i e^(m_i - M), acc = sum o_i[d] e^(m_i - M). A part with m = -inf saw
+// no visible key and adds nothing.
+struct Merged {
+  float M, L, acc;
+};
+template <int D>
+__device__ __forceinline__ Merged merge_partials(const float *p, size_t stride, int n, int d) {
+  Merged r{-INFINITY, 0.0f, 0.0f};
+  for (int i = 0; i < n; i++) r.M = fmaxf(r.M, p[i * stride + D]);
+  if (r.M == -INFINITY) return r;
+  for (int i = 0; i < n; i++) {
+    const float *e = p + i * stride;
+    if (e[D] == -INFINITY) continue;
+    const float w = expf(e[D] - r.M);
+    r.L += e[D + 1] * w;
+    r.acc += e[d] * w;
+  }
+  return r;
 }
 
 // Merges the splits of one output row: o = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
@@ -229,19 +290,8 @@ __global__ void attention_combine_kernel(const float *__restrict__ partial, int 
                                          T *__restrict__ out) {
   const size_t row = blockIdx.x;
   const int d = threadIdx.x;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; s++) M = fmaxf(M, partial[(s * rows + row) * (D + 2) + D]);
-  float L = 0.0f, acc = 0.0f;
-  if (M != -INFINITY) {
-    for (int s = 0; s < splits; s++) {
-      const float *ps = partial + (s * rows + row) * (D + 2);
-      if (ps[D] == -INFINITY) continue;  // a split with no visible key
-      const float w = expf(ps[D] - M);
-      L += ps[D + 1] * w;
-      acc += ps[d] * w;
-    }
-  }
-  out[row * D + d] = from_f32<T>(L > 0.0f ? acc / L : 0.0f);
+  const Merged m = merge_partials<D>(partial + row * (D + 2), rows * (D + 2), splits, d);
+  out[row * D + d] = from_f32<T>(m.L > 0.0f ? m.acc / m.L : 0.0f);
 }
 
 // Decoding: one block per (token, KV head, split) for a batch with no tree tokens whose tokens
@@ -355,29 +405,9 @@ __global__ void __launch_bounds__(kDecodeWarps *FFS_WARP_SIZE)
   __syncthreads();
   for (int idx = threadIdx.x; idx < group * D; idx += blockDim.x) {
     const int g = idx / D, d = idx % D;
-    float M = -INFINITY;
-    for (int w = 0; w < kDecodeWarps; w++) M = fmaxf(M, s_red[(w * G + g) * (D + 2) + D]);
-    float L = 0.0f, acc = 0.0f;
-    if (M != -INFINITY) {
-      for (int w = 0; w < kDecodeWarps; w++) {
-        const float *r = s_red + (w * G + g) * (D + 2);
-        if (r[D] == -INFINITY) continue;  // a warp that saw no key
-        const float sc = expf(r[D] - M);
-        L += r[D + 1] * sc;
-        acc += r[d] * sc;
-      }
-    }
+    const Merged mg = merge_partials<D>(s_red + g * (D + 2), static_cast<size_t>(G) * (D + 2), kDecodeWarps, d);
     const size_t row = static_cast<size_t>(t) * n_heads + kvh * group + g;
-    if (kv_splits == 1) {
-      out[row * D + d] = from_f32<T>(L > 0.0f ? acc / L : 0.0f);
-    } else {
-      float *dst = partial + (static_cast<size_t>(split) * T_ * n_heads + row) * (D + 2);
-      dst[d] = acc;
-      if (d == 0) {
-        dst[D] = M;
-        dst[D + 1] = L;
-      }
-    }
+    store_output<T, D>(out, partial, kv_splits, split, static_cast<size_t>(T_) * n_heads, row, d, mg.acc, mg.M, mg.L);
   }
 }
 
@@ -480,15 +510,8 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int kv_dim = n_kv_heads * D;
   constexpr int kChunk = 16 / static_cast<int>(sizeof(T)), kChunksPerRow = D / kChunk;  // 16-byte pieces
 
-  if (tid < kRows) {
-    const int rg = row0 + tid, t = t0 + rg / group;
-    const bool ok = tid < nrows && t < t1;
-    s_tok[tid] = ok ? t : -1;
-    s_head[tid] = kvh * group + rg % group;
-    s_plen[tid] = ok ? prefix_len[t] : 0;
-    s_base[tid] = ok && tree_base ? tree_base[t] : 0;
-    s_mask[tid] = ok && tree_mask ? tree_mask[t] : 0;
-  }
+  const RowMeta meta{s_mask, s_tok, s_head, s_plen, s_base};
+  fill_row_meta(meta, kRows, row0, nrows, group, kvh, t0, t1, prefix_len, tree_base, tree_mask);
   __syncthreads();
   for (int idx = tid; idx < kRows * D; idx += kMmaThreads) {
     const int r = idx / D, i = idx % D, t = s_tok[r];
@@ -503,24 +526,9 @@ __global__ void __launch_bounds__(kMmaThreads)
   float row_m = -INFINITY, row_l = 0.0f;
 
   for (int seg = t0; seg < t1;) {
-    const int slot = slots[seg];
-    int seg_end = seg + 1;
-    while (seg_end < t1 && slots[seg_end] == slot) seg_end++;
-    int kv_end = 0;
-    for (int r = 0; r < kRows; r++) {
-      const int t = s_tok[r];
-      if (t < seg || t >= seg_end) continue;
-      kv_end = max(kv_end, s_plen[r]);
-      if (s_mask[r]) kv_end = max(kv_end, s_base[r] + 64 - __clzll(static_cast<long long>(s_mask[r])));
-    }
-    kv_end = min(kv_end, max_seq);
-    const size_t cache_off = static_cast<size_t>(slot) * max_seq * kv_dim + static_cast<size_t>(kvh) * D;
-    int p_begin = 0, p_end = kv_end;
-    if (kv_splits > 1) {
-      const int span = (kv_end + kv_splits * kKeys - 1) / (kv_splits * kKeys) * kKeys;
-      p_begin = min(kv_end, split * span);
-      p_end = min(kv_end, p_begin + span);
-    }
+    const Segment sg = segment_keys(seg, t1, slots, meta, kRows, max_seq, kv_splits, split, kKeys);
+    const int seg_end = sg.end, p_begin = sg.p_begin, p_end = sg.p_end;
+    const size_t cache_off = static_cast<size_t>(sg.slot) * max_seq * kv_dim + static_cast<size_t>(kvh) * D;
     for (int p0 = p_begin; p0 < p_end; p0 += kKeys) {
       __syncthreads();  // the previous tile's K, V, S, P are consumed
 #pragma unroll
@@ -579,22 +587,11 @@ __global__ void __launch_bounds__(kMmaThreads)
   __syncthreads();
   const int r = my_row;
   if (r < nrows && s_tok[r] >= 0) {
-    const float l = row_l;
     const int n_heads = n_kv_heads * group;
     const size_t row = static_cast<size_t>(s_tok[r]) * n_heads + s_head[r];
-    for (int d = side * (D / 2); d < (side + 1) * (D / 2); d++) {
-      const float o = s_o[r * LDO + d];
-      if (kv_splits == 1) {
-        out[row * D + d] = from_f32<T>(l > 0.0f ? o / l : 0.0f);
-      } else {
-        float *dst = partial + (static_cast<size_t>(split) * T_ * n_heads + row) * (D + 2);
-        dst[d] = o;
-        if (d == 0) {
-          dst[D] = row_m;
-          dst[D + 1] = l;
-        }
-      }
-    }
+    for (int d = side * (D / 2); d < (side + 1) * (D / 2); d++)
+      store_output<T, D>(out, partial, kv_splits, split, static_cast<size_t>(T_) * n_heads, row, d, s_o[r * LDO + d],
+                         row_m, row_l);
   }
 }
 #endif
