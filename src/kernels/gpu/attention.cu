@@ -291,7 +291,7 @@ __global__ void attention_combine_kernel(const float *__restrict__ partial, int 
   const size_t row = blockIdx.x;
   const int d = threadIdx.x;
   const Merged m = merge_partials<D>(partial + row * (D + 2), rows * (D + 2), splits, d);
-  out[row * D + d] = from_f32<T>(m.L > 0.0f ? m.acc / m.L : 0.0f);
+  store_output<T, D>(out, nullptr, 1, 0, rows, row, d, m.acc, m.M, m.L);
 }
 
 // Decoding: one block per (token, KV head, split) for a batch with no tree tokens whose tokens
@@ -304,30 +304,6 @@ __global__ void attention_combine_kernel(const float *__restrict__ partial, int 
 // warps' (m, l, o) merge through shared memory at the end; the result is written like the
 // tiled kernel's (normalized, or the split's partial for the combine kernel).
 constexpr int kDecodeWarps = 4, kDecodeUnroll = 4, kDecodeMaxGroup = 8;
-
-template <typename T, int E>
-__device__ __forceinline__ void load_row(const T *__restrict__ p, float (&out)[E]) {
-  constexpr int bytes = E * static_cast<int>(sizeof(T));
-  T e[E];
-  if constexpr (bytes % 16 == 0) {
-#pragma unroll
-    for (int c = 0; c < bytes / 16; c++) {
-      const uint4 raw = reinterpret_cast<const uint4 *>(p)[c];
-      memcpy(reinterpret_cast<char *>(e) + 16 * c, &raw, 16);
-    }
-  } else if constexpr (bytes == 8) {
-    const uint2 raw = *reinterpret_cast<const uint2 *>(p);
-    memcpy(static_cast<void *>(e), &raw, 8);
-  } else if constexpr (bytes == 4) {
-    const unsigned raw = *reinterpret_cast<const unsigned *>(p);
-    memcpy(static_cast<void *>(e), &raw, 4);
-  } else {
-#pragma unroll
-    for (int i = 0; i < E; i++) e[i] = p[i];
-  }
-#pragma unroll
-  for (int i = 0; i < E; i++) out[i] = to_f32(e[i]);
-}
 
 template <typename T, int D, int G>
 __global__ void __launch_bounds__(kDecodeWarps *FFS_WARP_SIZE)
@@ -355,7 +331,7 @@ __global__ void __launch_bounds__(kDecodeWarps *FFS_WARP_SIZE)
 #pragma unroll
     for (int e = 0; e < E; e++) o[g][e] = 0.0f;
     if (g < group) {
-      load_row<T, E>(q + static_cast<size_t>(t) * q_stride + static_cast<size_t>(kvh * group + g) * D + lane * E,
+      load_f32<T, E>(q + static_cast<size_t>(t) * q_stride + static_cast<size_t>(kvh * group + g) * D + lane * E,
                      qr[g]);
 #pragma unroll
       for (int e = 0; e < E; e++) qr[g][e] *= scale;
@@ -367,8 +343,8 @@ __global__ void __launch_bounds__(kDecodeWarps *FFS_WARP_SIZE)
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; u++) {
       const size_t at = cache_off + static_cast<size_t>(min(p0 + u, p_end - 1)) * kv_dim;
-      load_row<T, E>(cache_k + at, k[u]);
-      load_row<T, E>(cache_v + at, v[u]);
+      load_f32<T, E>(cache_k + at, k[u]);
+      load_f32<T, E>(cache_v + at, v[u]);
     }
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; u++) {
@@ -466,7 +442,7 @@ struct MmaShape {
   static constexpr int ldp = kMmaKeys + 8;  // P (elements)
   static constexpr int ldo = D + 4;         // O (fp32)
   __host__ __device__ static constexpr size_t al(size_t b) { return (b + 127) / 128 * 128; }
-  static constexpr size_t meta = al(kMmaRows * (6 * sizeof(int) + sizeof(uint64_t)));
+  static constexpr size_t meta = al(kMmaRows * (4 * sizeof(int) + sizeof(uint64_t)));  // RowMeta
   static constexpr size_t bytes(size_t es) {
     return meta + 3 * al(kMmaRows * ldt * es) + al(kMmaRows * lds * sizeof(float)) + al(kMmaRows * ldp * es) +
            al(kMmaRows * ldo * sizeof(float));

@@ -23,19 +23,6 @@ constexpr int kWarpsPerBlock = 4;
 template <typename T>
 constexpr int kPack = 16 / static_cast<int>(sizeof(T));
 
-template <typename T, bool VEC>
-__device__ __forceinline__ void load_f32(const T *__restrict__ p, float (&out)[VEC ? kPack<T> : 1]) {
-  if constexpr (VEC) {
-    const uint4 raw = *reinterpret_cast<const uint4 *>(p);  // one 16-byte load
-    T e[kPack<T>];
-    memcpy(static_cast<void *>(e), &raw, sizeof raw);  // register moves, no aliasing through T*
-#pragma unroll
-    for (int i = 0; i < kPack<T>; i++) out[i] = to_f32(e[i]);
-  } else {
-    out[0] = to_f32(*p);
-  }
-}
-
 // Warp `gw` computes outputs [gw * OUTS, gw * OUTS + OUTS) for every row m < M (<= MAXM).
 // Plain: OUTS = ROWS, output c reads weight row c; y [M, N] (+ bias[c]).
 // SWIGLU: OUTS = 1, ROWS = 2: output c reads rows c (gate) and I + c (up) of w [2I, K]; y [M, I].
@@ -67,12 +54,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock *FFS_WARP_SIZE)
   for (int k = lane * E; k < K; k += FFS_WARP_SIZE * E) {
     float wf[ROWS][E];
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) load_f32<T, VEC>(wr[r] + k, wf[r]);
+    for (int r = 0; r < ROWS; r++) load_f32<T, E>(wr[r] + k, wf[r]);
 #pragma unroll
     for (int m = 0; m < MAXM; m++) {
       if (m < M) {
         float xf[E];
-        load_f32<T, VEC>(x + static_cast<size_t>(m) * K + k, xf);
+        load_f32<T, E>(x + static_cast<size_t>(m) * K + k, xf);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
 #pragma unroll

@@ -263,6 +263,8 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
   if (external != (p.device_kv != nullptr)) return fail("device_weights and device_kv go together");
   const LlamaConfig &c = *p.cfg;
   if (p.max_requests <= 0 || p.max_seq <= 0) return fail("max_requests and max_seq must be positive");
+  if (p.max_tokens > kMaxStepTokens)
+    return fail("max_tokens " + std::to_string(p.max_tokens) + " exceeds " + std::to_string(kMaxStepTokens));
   if (c.num_heads <= 0 || c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0)
     return fail("num_heads must be a positive multiple of num_kv_heads");
   if (!attention_supports_head_dim(c.head_dim))
@@ -320,8 +322,6 @@ std::unique_ptr<GpuLlama> GpuLlama::create(const GpuLlamaParams &p, std::string 
                           m.stream)) != gpuSuccess ||
       (e = gpuStreamSynchronize(m.stream)) != gpuSuccess)
     return fail(gpu_message("inv_freq", e));
-  if (p.max_tokens > kMaxStepTokens)
-    return fail("max_tokens " + std::to_string(p.max_tokens) + " exceeds " + std::to_string(kMaxStepTokens));
   if ((e = m.reserve_tokens(std::max(p.max_tokens, 1))) != gpuSuccess) return fail(gpu_message("activations", e));
   // Logit rows are at most the step's tokens: sized once for max_tokens, so a batch that
   // grows during warm-up does not reallocate it (and drop every graph) at each new size.
