@@ -227,3 +227,109 @@ def test_step_token_limit_of_the_gpu_backend(runtime, tmp_path, tiny_llm, refere
         llm.compile(ff.GenerationConfig(), **limits)
         assert len(llm.generate([1, 2, 3], max_new_tokens=4, ignore_eos=True).output_tokens) == 4
     still_works(tiny_llm, reference_tokens)
+
+
+# ---- Logits that hold NaN or +inf: that request fails, saying so; the others go on ----------
+
+NF_NEW = 10
+
+
+@pytest.fixture(scope="module")
+def nan_case(tiny_llm, tiny_dir, tmp_path_factory):
+    """A copy of the tiny model whose embedding row of one token t is NaN: a request whose
+    tokens include t gets NaN logits from then on (an overflow would do the same). The victim:
+    a prompt without t whose clean greedy output generates t as its k-th token (0-based), so it
+    fails at generated token k + 1. Bystanders: prompts whose clean runs never meet t, with
+    their clean outputs."""
+    import numpy as np
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, 96, int(n)).tolist() for n in rng.integers(3, 12, 24)]
+    outs = [r.output_tokens for r in tiny_llm.generate(prompts, max_new_tokens=NF_NEW, ignore_eos=True)]
+    for p, o in zip(prompts, outs):
+        for k in range(1, NF_NEW - 2):
+            t = o[k]
+            if t in p or t in o[:k]:
+                continue
+            bystanders = [(q, r) for q, r in zip(prompts, outs) if t not in q and t not in r]
+            if len(bystanders) >= 3:
+                d = copy_ckpt(tiny_dir, tmp_path_factory.mktemp("nan") / "m")
+
+                def edit(ts, t=t):
+                    ts["model.embed_tokens.weight"][t] = float("nan")
+
+                _rewrite_safetensors(tiny_dir, d, edit)
+                return dict(dir=d, t=t, victim=(p, o), k=k, bystanders=bystanders[:3])
+    pytest.fail("no prompt of the tiny model generates a token that the others never meet")
+
+
+def _tiny_limits(**kw):
+    return dict(dict(max_requests_per_batch=2, max_seq_length=32, max_tokens_per_batch=8), **kw)
+
+
+def test_non_finite_logits_fail_only_their_request(runtime, nan_case, tiny_llm, reference_tokens):
+    """Greedy and sampled requests whose logits hold NaN fail with NumericalError naming the
+    generated token; requests batched with them (one taking the failed request's slot) give
+    their clean outputs, and the model keeps serving. Before this, argmax took a NaN at index 0
+    as the maximum and otherwise skipped NaNs: wrong tokens, silently."""
+    c = nan_case
+    llm = ff.LLM(str(c["dir"]), data_type=ff.DataType.DT_FLOAT)
+    llm.compile(ff.GenerationConfig(), **_tiny_limits())
+    prompts = [c["victim"][0]] + [q for q, _ in c["bystanders"]]
+    with pytest.raises(ff.NumericalError, match=rf"logits for generated token {c['k'] + 1} hold NaN or \+inf") as e:
+        llm.generate(prompts, max_new_tokens=NF_NEW, ignore_eos=True)
+    assert isinstance(e.value, ArithmeticError)
+    results = e.value.results
+    assert results[0] is None
+    assert [r.output_tokens for r in results[1:]] == [r for _, r in c["bystanders"]]
+    # t in the prompt: the first token already has no answer, greedy or sampled (untruncated,
+    # top-k, top-p).
+    configs = [ff.GenerationConfig(), ff.GenerationConfig(do_sample=True, temperature=0.9, seed=1),
+               ff.GenerationConfig(do_sample=True, topk=20, seed=2),
+               ff.GenerationConfig(do_sample=True, topp=0.8, seed=3)]
+    for gc in configs:
+        with pytest.raises(ff.NumericalError, match="logits for generated token 0 hold NaN"):
+            llm.generate([5, c["t"], 6], max_new_tokens=3, generation_config=gc)
+    q, r = c["bystanders"][0]
+    assert llm.generate(q, max_new_tokens=NF_NEW, ignore_eos=True).output_tokens == r
+    still_works(tiny_llm, reference_tokens)
+
+
+def _speculative(llm_dir, ssm_dir, ssm_dtype):
+    ssm = ff.SSM(str(ssm_dir), data_type=ssm_dtype)
+    ssm.compile(ff.GenerationConfig(), **_tiny_limits(max_requests_per_batch=3, max_tokens_per_batch=32))
+    llm = ff.LLM(str(llm_dir), data_type=ff.DataType.DT_FLOAT)
+    llm.compile(ff.GenerationConfig(), **_tiny_limits(max_tokens_per_batch=64), ssms=[ssm],
+                speculation=ff.SpeculationConfig.chain(4))
+    return llm, ssm
+
+
+def test_non_finite_logits_of_a_speculative_llm(runtime, nan_case, tiny_dir):
+    """The LLM holds the NaN row and its SSM is the clean model (it drafts t, the LLM accepts
+    it, and the row after t has no answer): the victim fails naming the same generated token
+    as without speculation; the bystanders give their incremental outputs."""
+    c = nan_case
+    llm, ssm = _speculative(c["dir"], tiny_dir, ff.DataType.DT_FLOAT)
+    prompts = [c["victim"][0]] + [q for q, _ in c["bystanders"]]
+    with pytest.raises(ff.NumericalError, match=rf"logits for generated token {c['k'] + 1} hold NaN") as e:
+        llm.generate(prompts, max_new_tokens=NF_NEW, ignore_eos=True)
+    assert e.value.results[0] is None
+    assert [r.output_tokens for r in e.value.results[1:]] == [r for _, r in c["bystanders"]]
+
+
+def test_non_finite_logits_of_an_ssm_only_cost_its_drafts(runtime, nan_case, tiny_dir):
+    """The SSM holds the NaN row: its rows after t propose nothing, so the victim (and the
+    bystanders) still get exactly the LLM's incremental output, and after t each LLM step emits
+    exactly one token (nothing drafted to accept), where before t the SSM (the same weights)
+    is always right."""
+    c = nan_case
+    llm, ssm = _speculative(tiny_dir, c["dir"], ff.DataType.DT_FLOAT)
+    prompts = [c["victim"][0]] + [q for q, _ in c["bystanders"]]
+    res = llm.generate(prompts, max_new_tokens=NF_NEW, ignore_eos=True)
+    assert [r.output_tokens for r in res] == [c["victim"][1]] + [r for _, r in c["bystanders"]]
+    victim = res[0]
+    emitted, after_t = 0, []
+    for n in victim.accepted_tokens:
+        if emitted > c["k"]:  # this step's context holds t
+            after_t.append(n)
+        emitted += n
+    assert after_t and all(n == 1 for n in after_t), victim.accepted_tokens

@@ -6,6 +6,7 @@ from .errors import (
                      InternalError,
                      InvalidArgumentError,
                      ModelNotFoundError,
+                     NumericalError,
                      OutOfMemoryError,
                      StateError,
                      UnsupportedModelError,
@@ -21,4 +22,5 @@ __all__ = [
     "GenerationResult",
     "FlexFlowSpecError", "InvalidArgumentError", "ModelNotFoundError", "CheckpointError",
     "UnsupportedModelError", "OutOfMemoryError", "StateError", "InternalError",
+    "NumericalError",
 ]

@@ -34,6 +34,11 @@ class InternalError(FlexFlowSpecError):
     """A bug in flexflow_spec; please report it with the message."""
 
 
+class NumericalError(FlexFlowSpecError, ArithmeticError):
+    """A request's logits held NaN or +inf (an activation overflowed, e.g. in fp16, or the
+    checkpoint holds NaN/inf weights): that request fails, the others go on."""
+
+
 # index = ffs_status_t value
 STATUS_ERRORS = [None, InvalidArgumentError, ModelNotFoundError, CheckpointError,
-                 UnsupportedModelError, OutOfMemoryError, StateError, InternalError]
+                 UnsupportedModelError, OutOfMemoryError, StateError, InternalError, NumericalError]

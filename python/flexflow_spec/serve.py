@@ -265,6 +265,10 @@ class LLM:
         GenerationConfig for all prompts or a list with one per prompt. ignore_eos=True runs
         every request to its length limit (benchmarks); return_logits=True keeps the logits
         behind each generated token in result.logits.
+
+        A request that fails does not stop the others: once every request is collected, the
+        first failure is raised, and its ``results`` attribute holds each prompt's
+        GenerationResult (None where that request failed).
         """
         if self.generation_config is None:
             raise StateError(f"{self.model_name}: call compile() before generate()")
@@ -298,7 +302,9 @@ class LLM:
                 results.append(self._collect(g, text, ids, return_logits))
             except FlexFlowSpecError as e:  # this request failed: still collect (and free) the others
                 error = error or e
+                results.append(None)
         if error is not None:
+            error.results = results
             try:
                 raise error
             finally:

@@ -275,7 +275,8 @@ ffs_status_t ffs_request_wait(ffs_model_t m, uint64_t guid, int64_t timeout_ms, 
     out->vocab_size = m->handle.config.vocab_size;
     out->latency_us = us(r.finished - r.submitted).count();
     out->ttft_us = r.num_generated() > 0 ? us(r.first_token - r.submitted).count() : 0.0;
-    if (r.finish == ffspec::FinishReason::Error) ffspec::fail(FFS_ERR_INTERNAL, "request failed: " + r.error);
+    if (r.finish == ffspec::FinishReason::Error)
+      ffspec::fail(r.error_code, "request failed: " + r.error);
   });
 }
 

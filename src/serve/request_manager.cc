@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "serve/sampling.h"
 #include "util/error.h"
 
 namespace ffspec {
@@ -123,6 +124,14 @@ SampleSpec RequestManager::sample_spec(const Request &r) const {
 }
 
 bool RequestManager::append_token_locked(Request &r, int32_t tok) {
+  if (tok == kNonFiniteToken) {
+    r.error = "the model's logits for generated token " + std::to_string(r.num_generated()) +
+              " hold NaN or +inf, so no token can be chosen (an activation overflowed, e.g. with fp16 "
+              "weights, or the checkpoint holds NaN/inf weights; try DT_BFLOAT16 or DT_FLOAT)";
+    r.error_code = FFS_ERR_NUMERICAL;
+    finish_locked(r, FinishReason::Error);
+    return true;
+  }
   r.tokens.push_back(tok);
   if (r.num_generated() == 1) r.first_token = Request::Clock::now();
   const int total = static_cast<int>(r.tokens.size());

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "flexflow_spec/c/flexflow_spec.h"
 #include "serve/batch.h"
 
 namespace ffspec {
@@ -48,6 +49,7 @@ struct Request {
   RequestParams params;
   FinishReason finish = FinishReason::Running;
   std::string error;
+  ffs_status_t error_code = FFS_ERR_INTERNAL;  // what a failed request reports
   int decoding_steps = 0;       // LLM steps that emitted tokens for it
   std::vector<int> accepted_per_step;  // tokens emitted at each of those steps
   std::vector<int> ssm_computed;       // speculative mode: tokens in each SSM's cache
@@ -95,6 +97,7 @@ class RequestManager {
  protected:
   void finish_locked(Request &r, FinishReason why);
   // Appends a generated token and applies EOS / length limits; true if the request finished.
+  // kNonFiniteToken (its logits held NaN or +inf) fails the request instead.
   bool append_token_locked(Request &r, int32_t tok);
   void admit_locked();
   void validate(const std::vector<int32_t> &prompt, const RequestParams &params) const;

@@ -2,20 +2,30 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
 namespace ffspec {
 
+bool finite_row(const float *logits, int vocab) {
+  bool ok = true;
+  for (int i = 0; i < vocab; i++) ok &= logits[i] < HUGE_VALF;  // false for NaN and +inf
+  return ok;
+}
+
 int32_t argmax(const float *logits, int vocab) {
   int32_t best = 0;
   float bv = logits[0];
-  for (int i = 1; i < vocab; i++)
+  bool ok = logits[0] < HUGE_VALF;
+  for (int i = 1; i < vocab; i++) {
+    ok &= logits[i] < HUGE_VALF;
     if (logits[i] > bv) {
       bv = logits[i];
       best = i;
     }
-  return best;
+  }
+  return ok ? best : kNonFiniteToken;
 }
 
 static uint64_t splitmix64(uint64_t x) {
@@ -33,6 +43,11 @@ double uniform01(uint64_t seed, uint64_t counter) {
 void top_k_probs(const float *logits, int vocab, float temperature, int k, int32_t *tokens, float *probs) {
   const double t = temperature > 0 ? temperature : 1.0;
   k = std::min(k, vocab);
+  if (!finite_row(logits, vocab)) {  // the sort below needs an order, and NaN has none
+    std::fill(tokens, tokens + k, kNonFiniteToken);
+    std::fill(probs, probs + k, std::numeric_limits<float>::quiet_NaN());
+    return;
+  }
   std::vector<int32_t> idx(vocab);
   std::iota(idx.begin(), idx.end(), 0);
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
@@ -95,6 +110,7 @@ int32_t draw_from(const std::vector<double> &p, double u) {
 
 int32_t sample_token(const float *logits, int vocab, const SampleSpec &spec) {
   if (!spec.do_sample) return argmax(logits, vocab);
+  if (!finite_row(logits, vocab)) return kNonFiniteToken;
   return draw_from(warped_probs(logits, vocab, spec.temperature, spec.topp, spec.topk), uniform01(spec.seed, spec.counter));
 }
 

@@ -317,6 +317,9 @@ void SpecManager::draft_sampled_locked(Request &r, Round &rd, int s, int depth, 
   const int room = rd.room / static_cast<int>(ssms_.size());
   std::vector<int> next;
   for (size_t i = 0; i < fr.size(); i++) {
+    // A row with NaN or +inf proposes nothing: the LLM then samples that node's successor from
+    // its own distribution (no attempts there), so its output distribution is unchanged.
+    if (!finite_row(rows[i], limits_.vocab_size)) continue;
     std::vector<double> q = warped_probs(rows[i], limits_.vocab_size, r.params.temperature, r.params.topp,
                                          r.params.topk);
     for (int k = 0; k < per_node && rd.trees[s].size() < room; k++) {
@@ -350,9 +353,14 @@ void SpecManager::update_verify_locked(const StepBatch &, const StepResult &res)
     if (e.tree_nodes > 0 && rd.sampling) {
       // p after the root and after each node, warped like the request's own sampling.
       std::vector<std::vector<double>> p;
-      for (int k = 0; k < e.num_rows; k++, logits_at++)
-        p.push_back(warped_probs(res.logits.data() + logits_at * V, limits_.vocab_size, r.params.temperature,
-                                 r.params.topp, r.params.topk));
+      for (int k = 0; k < e.num_rows; k++, logits_at++) {
+        const float *row = res.logits.data() + logits_at * V;
+        // Left empty when the row holds NaN or +inf: verify_sampling emits kNonFiniteToken
+        // if it reaches that node, and the request fails saying why.
+        p.push_back(finite_row(row, limits_.vocab_size) ? warped_probs(row, limits_.vocab_size, r.params.temperature,
+                                                                       r.params.topp, r.params.topk)
+                                                        : std::vector<double>());
+      }
       // Each SSM's draws at each node, mapped into the merged tree, SSM by SSM.
       std::vector<std::vector<Attempt>> attempts(1 + rd.merged.size());
       std::vector<std::vector<int>> source(ssms_.size(), std::vector<int>(1 + rd.merged.size(), -2));

@@ -142,6 +142,10 @@ Verdict verify_sampling(const TokenTree &tree, const std::vector<std::vector<Att
   int at = -1;
   for (;;) {
     std::vector<double> target = p.at(static_cast<size_t>(at + 1));
+    if (target.empty()) {  // that node's logits held NaN or +inf
+      v.emitted.push_back(kNonFiniteToken);
+      return v;
+    }
     int accepted = -1;
     if (verifier == Verifier::ArgmaxMatch) {
       const int32_t best = static_cast<int32_t>(std::max_element(target.begin(), target.end()) - target.begin());

@@ -82,7 +82,8 @@ TokenTree merge_trees(const std::vector<TokenTree> &trees, int budget,
 
 // Greedy verification: llm_argmax[0] is the LLM's choice after the root, llm_argmax[1 + j]
 // after node j. Follows the LLM's choices down the tree; returns the accepted nodes and the
-// emitted tokens (the accepted tokens, then the LLM's bonus token).
+// emitted tokens (the accepted tokens, then the LLM's bonus token, which is kNonFiniteToken
+// where that row's logits held NaN or +inf).
 struct Verdict {
   std::vector<int> accepted;
   std::vector<int32_t> emitted;
@@ -101,7 +102,8 @@ struct Attempt {
 // node each child x is accepted with probability min(1, p(x) / q(x)); on rejection
 // p <- normalize(max(0, p - q)) and the next child is tried; when none is accepted a token
 // is drawn from p and ends the step. The emitted tokens are distributed exactly as the LLM
-// sampling them one by one.
+// sampling them one by one. An empty p[u + 1] (its logits held NaN or +inf) ends the step
+// with kNonFiniteToken when the walk reaches u.
 Verdict verify_sampling(const TokenTree &tree, const std::vector<std::vector<Attempt>> &attempts,
                         const std::vector<std::vector<double>> &p, const std::function<double()> &uniform,
                         Verifier verifier = Verifier::Mss);

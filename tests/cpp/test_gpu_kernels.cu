@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -120,9 +121,15 @@ std::vector<float> abs_of(std::vector<float> v) {
 void expect_close(const std::string &what, const std::vector<float> &got, const std::vector<float> &ref, double rtol,
                   double atol, const std::vector<double> *extra = nullptr) {
   double worst = 0, worst_err = 0;
-  size_t at = 0;
+  size_t at = 0, worst_at = 0;
   bool ok = got.size() == ref.size();
+  size_t pattern = 0;  // elements finite on one side only
   for (size_t i = 0; ok && i < ref.size(); i++) {
+    if (std::isfinite(got[i]) != std::isfinite(ref[i])) {
+      pattern++;
+      continue;
+    }
+    if (!std::isfinite(ref[i])) continue;  // non-finite on both sides: the row failed on both
     const double err = std::fabs(static_cast<double>(got[i]) - ref[i]);
     const double excess = err - (atol + rtol * std::fabs(ref[i]) + (extra ? (*extra)[i] : 0.0));
     if (!(excess <= 0)) ok = false;
@@ -130,14 +137,24 @@ void expect_close(const std::string &what, const std::vector<float> &got, const 
       worst_err = err;
       at = i;
     }
-    worst = std::max(worst, excess);
+    if (!(excess <= worst)) {
+      worst = excess;
+      worst_at = i;
+    }
+  }
+  if (pattern) {
+    ok = false;
+    std::printf("FAIL %s: %zu elements finite on one side only\n", what.c_str(), pattern);
   }
   if (ok) {
     g_pass++;
   } else {
     g_fail++;
-    std::printf("FAIL %s: max abs error %.3g at %zu (gpu %.7g, ref %.7g; rtol %.1g atol %.1g)\n", what.c_str(),
-                worst_err, at, at < got.size() ? got[at] : 0.f, at < ref.size() ? ref[at] : 0.f, rtol, atol);
+    std::printf("FAIL %s: max abs error %.3g at %zu (gpu %.7g, ref %.7g; rtol %.1g atol %.1g); furthest past "
+                "its bound: %zu (gpu %.7g, ref %.7g, by %.3g)\n",
+                what.c_str(), worst_err, at, at < got.size() ? got[at] : 0.f, at < ref.size() ? ref[at] : 0.f, rtol,
+                atol, worst_at, worst_at < got.size() ? got[worst_at] : 0.f,
+                worst_at < ref.size() ? ref[worst_at] : 0.f, worst);
   }
 }
 // Per-dtype tolerance: ~1e-5 relative in fp32; an output rounding or two in fp16 / bf16.
@@ -291,13 +308,31 @@ struct AttnBatch {
   bool tree = false;
   int hint = 1;
   std::string what;
+  // Cache entries made non-finite (every KV head): V = v there, and K NaN too if k_nan. The
+  // rows that see such a key must come out non-finite exactly where the CPU's do, the rows
+  // that do not (masked in the same K/V tile) finite and unchanged.
+  struct Poison {
+    int slot, pos;
+    bool k_nan;
+    float v;
+  };
+  std::vector<Poison> poison;
 };
+
+// The kernel each attention case ran (coverage: main() checks every kernel ran).
+std::vector<gpu::AttentionKernel> g_attention_runs;
 
 void run_attention(DType dt, int n_heads, int n_kv, int hd, int max_seq, int n_slots, const AttnBatch &b) {
   const int T = static_cast<int>(b.slots.size()), kv_dim = n_kv * hd, q_stride = (n_heads + 2 * n_kv) * hd;
   const auto q = round_to(randu(static_cast<size_t>(T) * q_stride), dt);
-  const auto ck = round_to(randu(static_cast<size_t>(n_slots) * max_seq * kv_dim), dt);
-  const auto cv = round_to(randu(ck.size()), dt);
+  auto ck = round_to(randu(static_cast<size_t>(n_slots) * max_seq * kv_dim), dt);
+  auto cv = round_to(randu(ck.size()), dt);
+  for (const AttnBatch::Poison &z : b.poison)
+    for (int i = 0; i < kv_dim; i++) {
+      const size_t at = (static_cast<size_t>(z.slot) * max_seq + z.pos) * kv_dim + i;
+      if (z.k_nan) ck[at] = std::numeric_limits<float>::quiet_NaN();
+      cv[at] = z.v;
+    }
   DevBuf dq = upload(encode(q, dt)), dk = upload(encode(ck, dt)), dv = upload(encode(cv, dt));
   DevBuf dplen = upload(b.prefix_len), dslots = upload(b.slots), dbase = upload(b.base), dmask = upload(b.mask);
   DevBuf dout(static_cast<size_t>(T) * n_heads * hd * 4);
@@ -307,7 +342,8 @@ void run_attention(DType dt, int n_heads, int n_kv, int hd, int max_seq, int n_s
                        b.tree ? b.mask.data() : nullptr, T, ref.data()};
   cpu::attention(c);
   float scale = 0;
-  for (float v : ref) scale = std::max(scale, std::fabs(v));
+  for (float v : ref)
+    if (std::isfinite(v)) scale = std::max(scale, std::fabs(v));
   // The tensor-core kernel rounds the probabilities P to the element type before P . V (and l
   // sums the same rounded values). A relative error e_j <= u on p_j moves output d by
   // sum_j w_j e_j (v_jd - o_d) to first order (w = the softmax weights), so it stays within
@@ -347,26 +383,28 @@ void run_attention(DType dt, int n_heads, int n_kv, int hd, int max_seq, int n_s
       }
   }
   char name[160];
-  // Every kernel that can take the batch: at its hint, tensor cores (fp16/bf16) and the tiled
-  // kernel; at hint 1 without tree tokens, the decode kernel and the tiled one.
-  const bool decode_too = !b.tree, mma_too = dt != DType::F32;
+  // Every kernel that can take the batch: the one chosen at its hint and at hint 1 (the decode
+  // kernel without tree tokens; tensor cores for fp16/bf16 runs of a slot, or many query heads
+  // per KV head), and the tiled kernel (both off) wherever that is another kernel.
   for (int hint : {b.hint, 1}) {
     for (int variant = 0; variant < 2; variant++) {
-      const bool decode_case = hint == 1 && decode_too, mma_case = hint > 1 && mma_too;
-      if (variant == 1 && !decode_case && !mma_case) break;
       gpu::AttentionArgs a{dq.p, q_stride, dk.p, dv.p, max_seq, n_heads, n_kv, hd, dplen.as<int32_t>(),
                            dslots.as<int32_t>(), b.tree ? dbase.as<int32_t>() : nullptr,
                            b.tree ? dmask.as<uint64_t>() : nullptr, T, dout.p, dt, hint};
       a.decode_kernel = a.tensor_cores = variant == 0;
+      const gpu::AttentionKernel k = gpu::attention_kernel_for(a);
+      if (variant == 1 && g_attention_runs.back() == gpu::AttentionKernel::Tiled) break;
+      EXPECT(variant == 0 || k == gpu::AttentionKernel::Tiled);
+      g_attention_runs.push_back(k);
       GPU_OK(gpu::attention(a, nullptr));
-      const char *which = decode_case ? (variant ? " tiled" : " decode") : mma_case ? (variant ? " tiled" : " mma") : "";
-      std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d hint=%d%s", b.what.c_str(),
-                    dname(dt), n_heads, n_kv, hd, T, hint, which);
+      std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d hint=%d %s", b.what.c_str(),
+                    dname(dt), n_heads, n_kv, hd, T, hint, gpu::attention_kernel_name(k));
       // fp32: both sum a few thousand fp32 terms in different orders (~1e-5 of the output's
       // scale); fp16/bf16: inputs are exact in both, so only the output rounding differs (and,
       // on tensor cores, P rounded to the element type before P . V, which the bounds cover).
       expect_close(name, fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
-                   tol(dt, 2e-5, 2e-4, 2e-3) * scale, mma_case && variant == 0 ? &p_rounding : nullptr);
+                   tol(dt, 2e-5, 2e-4, 2e-3) * scale,
+                   k == gpu::AttentionKernel::TensorCores ? &p_rounding : nullptr);
     }
     if (hint == 1) break;
   }
@@ -379,35 +417,40 @@ void run_attention(DType dt, int n_heads, int n_kv, int hd, int max_seq, int n_s
   for (int splits : {2, 7, auto_splits}) {
     if (splits < 2) continue;
     for (int variant = 0; variant < 2; variant++) {
-      const bool decode_case = b.hint == 1 && decode_too, mma_case = b.hint > 1 && mma_too;
-      if (variant == 1 && !decode_case && !mma_case) break;
       a.kv_splits = splits;
       a.decode_kernel = a.tensor_cores = variant == 0;
+      const gpu::AttentionKernel k = gpu::attention_kernel_for(a);
+      if (variant == 1 && g_attention_runs.back() == gpu::AttentionKernel::Tiled) break;
+      EXPECT(variant == 0 || k == gpu::AttentionKernel::Tiled);
+      g_attention_runs.push_back(k);
       DevBuf ws(gpu::attention_workspace_floats(a) * sizeof(float));
       a.partial = static_cast<float *>(ws.p);
       GPU_OK(gpu::attention(a, nullptr));
-      const char *which = decode_case ? (variant ? " tiled" : " decode") : mma_case ? (variant ? " tiled" : " mma") : "";
-      std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d kv_splits=%d%s%s", b.what.c_str(),
-                    dname(dt), n_heads, n_kv, hd, T, splits, splits == auto_splits ? " (auto)" : "", which);
+      std::snprintf(name, sizeof name, "attention %s %s heads=%d kv=%d dim=%d T=%d kv_splits=%d%s %s", b.what.c_str(),
+                    dname(dt), n_heads, n_kv, hd, T, splits, splits == auto_splits ? " (auto)" : "",
+                    gpu::attention_kernel_name(k));
       expect_close(name, fetch(dout, ref.size(), dt), ref, tol(dt, 1e-5, 1e-3, 8e-3),
-                   tol(dt, 2e-5, 2e-4, 2e-3) * scale, mma_case && variant == 0 ? &p_rounding : nullptr);
+                   tol(dt, 2e-5, 2e-4, 2e-3) * scale,
+                   k == gpu::AttentionKernel::TensorCores ? &p_rounding : nullptr);
     }
   }
 }
 
 // Tree verification: per request, `commit` tokens to commit (causal) then a random tree of
 // `nodes` tokens after a prefix of `prefix` positions, as the LLM's verify step sees them.
-void test_tree_attention(DType dt, int n_heads, int n_kv, int hd, int requests, int prefix_max, int nodes_max) {
+void test_tree_attention(DType dt, int n_heads, int n_kv, int hd, int requests, int prefix_max, int nodes_max,
+                         bool poisoned = false) {
   AttnBatch b;
   b.tree = true;
-  b.what = "tree";
+  b.what = poisoned ? "tree (a NaN key and an inf value)" : "tree";
   int max_seq = 0;
   std::vector<int> prefixes;
   prefix_max = std::max(prefix_max / kScale, 80);
   for (int r = 0; r < requests; r++) prefixes.push_back(randi(prefix_max / 4, prefix_max));
   for (int r = 0; r < requests; r++) max_seq = std::max(max_seq, prefixes[r] + 64 + 8);
   for (int r = 0; r < requests; r++) {
-    const int slot = (r * 7 + 1) % (requests + 1), prefix = prefixes[r], nodes = randi(1, nodes_max);
+    const int slot = (r * 7 + 1) % (requests + 1), prefix = prefixes[r];
+    const int nodes = poisoned ? nodes_max : randi(1, nodes_max);
     const int commit = randi(0, 2);  // committed tokens at the end of the prefix, causal
     for (int c = 0; c < commit; c++) {
       b.slots.push_back(slot);
@@ -430,14 +473,19 @@ void test_tree_attention(DType dt, int n_heads, int n_kv, int hd, int requests, 
       b.mask.push_back(tree.path_mask(j));
     }
     b.hint = std::max(b.hint, nodes + commit);
+    // A node in the middle of each tree (seen by its descendants only): NaN K and V in the
+    // first, an infinite V (K finite) in the second.
+    if (poisoned && r < 2)
+      b.poison.push_back({slot, prefix + nodes / 2, r == 0, r == 0 ? std::numeric_limits<float>::quiet_NaN() : INFINITY});
   }
   run_attention(dt, n_heads, n_kv, hd, max_seq, requests + 1, b);
 }
 
 // Prefill chunks (causal, prefix_len = position + 1) mixed with decode tokens of other slots.
-void test_causal_attention(DType dt, int n_heads, int n_kv, int hd, int chunk, int history, int decodes) {
+void test_causal_attention(DType dt, int n_heads, int n_kv, int hd, int chunk, int history, int decodes,
+                           bool poisoned = false) {
   AttnBatch b;
-  b.what = "prefill+decode";
+  b.what = poisoned ? "prefill+decode (a NaN key and value mid-chunk)" : "prefill+decode";
   history = std::max(history / kScale, 40);
   const int max_seq = history + chunk + 8, n_slots = decodes + 1;
   for (int i = 0; i < chunk; i++) {
@@ -451,6 +499,7 @@ void test_causal_attention(DType dt, int n_heads, int n_kv, int hd, int chunk, i
   b.base.assign(b.slots.size(), 0);
   b.mask.assign(b.slots.size(), 0);
   b.hint = chunk;
+  if (poisoned) b.poison = {{0, history + chunk / 2, true, std::numeric_limits<float>::quiet_NaN()}};
   run_attention(dt, n_heads, n_kv, hd, max_seq, n_slots, b);
 }
 
@@ -512,6 +561,75 @@ void test_argmax(DType dt) {
   GPU_OK(gpu::argmax_rows(dl.p, vocab, R, vocab, dout.as<int32_t>(), dt, nullptr));
   const auto got = dout.get<int32_t>(R);
   for (int r = 0; r < R; r++) EXPECT(got[r] == argmax(&logits[static_cast<size_t>(r) * vocab], vocab));
+}
+
+// Rows holding a NaN or +inf have no right token: argmax and sampling give -1 (the CPU
+// sampler's kNonFiniteToken) on every path (greedy, untruncated, top-k/top-p), whatever the
+// position of the bad value (index 0 used to stick as the maximum: nothing compares greater
+// than NaN); the MSS distributions of such rows are all NaN. -inf is an ordinary logit.
+void test_non_finite_rows(DType dt) {
+  const int vocab = 3000 + randi(0, 1000);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  struct Row {
+    int at;
+    float v;
+    bool finite;
+  };
+  const std::vector<Row> kinds = {{randi(1, vocab - 1), nan, false}, {0, nan, false}, {vocab - 1, nan, false},
+                                  {randi(0, vocab - 1), inf, false}, {randi(0, vocab - 1), -inf, true},
+                                  {-1, 0.0f, true}};
+  const int R = static_cast<int>(kinds.size());
+  auto logits = round_to(randu(static_cast<size_t>(R) * vocab, -5, 5), dt);
+  for (int r = 0; r < R; r++)
+    if (kinds[r].at >= 0) logits[static_cast<size_t>(r) * vocab + kinds[r].at] = kinds[r].v;
+  DevBuf dl = upload(encode(logits, dt)), dout(R * 4);
+  GPU_OK(gpu::argmax_rows(dl.p, vocab, R, vocab, dout.as<int32_t>(), dt, nullptr));
+  auto got = dout.get<int32_t>(R);
+  for (int r = 0; r < R; r++) {
+    const float *row = &logits[static_cast<size_t>(r) * vocab];
+    EXPECT(kinds[r].finite ? argmax(row, vocab) >= 0 : argmax(row, vocab) == kNonFiniteToken);
+    EXPECT(got[r] == argmax(row, vocab));
+    EXPECT((got[r] >= 0) == kinds[r].finite);
+  }
+  // Sampling: greedy, untruncated, top-k and top-p rows over the same logits.
+  const std::vector<gpu::SampleParams> modes = {
+      {0, 1.0f, 1.0f, 0, 7, 0}, {1, 1.0f, 1.0f, 0, 7, 0}, {1, 0.8f, 1.0f, 30, 7, 0}, {1, 1.0f, 0.9f, 0, 7, 0}};
+  for (const gpu::SampleParams &m : modes) {
+    std::vector<gpu::SampleParams> params(R, m);
+    DevBuf dp = upload(params);
+    GPU_OK(gpu::sample_rows(dl.p, vocab, R, vocab, dp.as<gpu::SampleParams>(), dout.as<int32_t>(), dt, nullptr));
+    got = dout.get<int32_t>(R);
+    for (int r = 0; r < R; r++) {
+      SampleSpec s;
+      s.do_sample = m.do_sample;
+      s.temperature = m.temperature;
+      s.topp = m.topp;
+      s.topk = m.topk;
+      s.seed = m.seed;
+      const int cpu = sample_token(&logits[static_cast<size_t>(r) * vocab], vocab, s);
+      EXPECT((cpu >= 0) == kinds[r].finite);
+      EXPECT((got[r] >= 0) == kinds[r].finite);
+      if (kinds[r].finite && kinds[r].at >= 0) EXPECT(got[r] != kinds[r].at);  // -inf is never drawn
+    }
+  }
+  // The MSS distributions: NaN rows for the bad ones, a distribution summing to 1 otherwise.
+  std::vector<int32_t> rows(R);
+  for (int r = 0; r < R; r++) rows[r] = r;
+  std::vector<gpu::SampleParams> params(R, modes[2]);
+  DevBuf dr = upload(rows), dp = upload(params), dprobs(static_cast<size_t>(R) * vocab * 4);
+  GPU_OK(gpu::warped_probs_rows(dl.p, vocab, dr.as<int32_t>(), R, vocab, dp.as<gpu::SampleParams>(),
+                                dprobs.as<float>(), dt, nullptr));
+  const auto probs = dprobs.get<float>(static_cast<size_t>(R) * vocab);
+  for (int r = 0; r < R; r++) {
+    int nans = 0;
+    double sum = 0;
+    for (int v = 0; v < vocab; v++) {
+      const float x = probs[static_cast<size_t>(r) * vocab + v];
+      nans += std::isnan(x);
+      if (!std::isnan(x)) sum += x;
+    }
+    EXPECT(kinds[r].finite ? nans == 0 && std::fabs(sum - 1) < 1e-4 : nans == vocab);
+  }
 }
 
 // Upper tail of the chi-square distribution with k degrees of freedom: Q(k/2, x/2), the
@@ -859,6 +977,7 @@ int main(int argc, char **argv) {
     test_silu_mul(dt);
     test_kv_commit(dt);
     test_argmax(dt);
+    test_non_finite_rows(dt);
     // Tree verification: GQA (LLaMA-3-8B shape), MQA, small GQA with head_dim 64.
     test_tree_attention(dt, 32, 8, 128, 3, 2000, 64);
     test_tree_attention(dt, 16, 1, 64, 2, 3000, 64);
@@ -867,6 +986,9 @@ int main(int argc, char **argv) {
     test_causal_attention(dt, 8, 2, 64, 200, 300, 5);
     test_causal_attention(dt, 32, 8, 128, 64, 1000, 8);
     test_causal_attention(dt, 64, 1, 128, 17, 500, 3);  // MQA with more heads than a block's rows
+    // Non-finite K/V (an overflow, NaN weights) stay in the rows that see them.
+    test_tree_attention(dt, 16, 4, 64, 2, 300, 40, true);
+    test_causal_attention(dt, 8, 2, 128, 70, 200, 2, true);
     // Decode batches: MHA (7B), GQA 4 (LLaMA-3), SmolLM2's 3 (rows padded to 4), 8, and MQA 16
     // (more than the decode kernel's 8: the tiled kernel); head dims 64, 128, 256, 32.
     test_decode_attention(dt, 32, 32, 128, 5, 700);
@@ -889,6 +1011,13 @@ int main(int argc, char **argv) {
     test_draft_probs(dt);
     test_sampling_tail(dt);
   }
+  // Every attention kernel of this build took some of the cases above (a kernel that never
+  // runs, e.g. by a dispatch condition that is always false, passes every comparison).
+  int runs[3] = {0, 0, 0};
+  for (gpu::AttentionKernel k : g_attention_runs) runs[static_cast<int>(k)]++;
+  std::printf("attention cases: %d tiled, %d decode, %d tensor-core\n", runs[0], runs[1], runs[2]);
+  EXPECT(runs[0] > 0 && runs[1] > 0);
+  EXPECT(runs[2] > 0 || !gpu::attention_has_tensor_cores());
 #ifdef FFS_HAVE_CUBLAS
   test_projections();
 #else

@@ -27,7 +27,8 @@ typedef enum {
   FFS_ERR_UNSUPPORTED = 4,      /* architecture or tensor type we do not run */
   FFS_ERR_OUT_OF_MEMORY = 5,    /* a memory pool is too small; message names the setting */
   FFS_ERR_STATE = 6,            /* call out of order (e.g. generate before compile) */
-  FFS_ERR_INTERNAL = 7
+  FFS_ERR_INTERNAL = 7,
+  FFS_ERR_NUMERICAL = 8         /* a request's logits held NaN or +inf (overflow, or NaN weights) */
 } ffs_status_t;
 
 typedef enum { FFS_DT_FLOAT = 0, FFS_DT_HALF = 1, FFS_DT_BFLOAT16 = 2 } ffs_data_type_t;

@@ -32,9 +32,10 @@ constexpr int kMinSplitKeys = 128;  // split-KV: no range shorter than this (of 
 constexpr int kMaxSplits = 32;
 
 // Shared memory of a block with R query rows and K keys per tile, head dim D: masks (u64),
-// ints, then floats (q rows, the K tile padded, the V tile, the tile's probabilities, m/l/alpha).
+// ints (row metadata, the tile's non-finite-V flags), then floats (q rows, the K tile padded,
+// the V tile, the tile's probabilities, m/l/alpha).
 constexpr size_t attn_smem_bytes(int D, int R, int K) {
-  return R * sizeof(uint64_t) + 4 * R * sizeof(int) +
+  return R * sizeof(uint64_t) + (4 * R + K) * sizeof(int) +
          (size_t(R) * D + size_t(K) * (D + 1) + size_t(K) * D + size_t(R) * (K + 1) + 3 * size_t(R)) * sizeof(float);
 }
 constexpr bool attn_fits(int D, int R, int K) { return K <= FFS_WARP_SIZE && attn_smem_bytes(D, R, K) <= FFS_MAX_SMEM_BYTES; }
@@ -65,6 +66,17 @@ int attn_rows(int head_dim) {
   }
 }
 
+// A V element for a shared-memory tile: a NaN or inf becomes 0 and flags its key. The tile is
+// shared by rows that see the key and rows that do not (masked: probability 0), and 0 * NaN is
+// NaN: the rows that do not see it must not turn NaN (the CPU skips masked keys), while the
+// rows that do must (the CPU's output is non-finite there, and the request fails saying so):
+// their score for a flagged key is NaN, which makes their l, and so their output, NaN.
+__device__ __forceinline__ float finite_or_flag(float v, int *flag) {
+  if (fabsf(v) < INFINITY) return v;
+  *flag = 1;
+  return 0.0f;
+}
+
 __device__ __forceinline__ bool visible(int p, int plen, int base, uint64_t mask) {
   if (p < plen) return true;
   const int j = p - base;
@@ -79,7 +91,9 @@ __device__ __forceinline__ void store_output(T *__restrict__ out, float *__restr
                                              int split, size_t rows_total, size_t row, int d, float o, float m,
                                              float l) {
   if (kv_splits == 1) {
-    out[row * D + d] = from_f32<T>(l > 0.0f ? o / l : 0.0f);
+    // l == 0: no visible key (zeros, as the CPU); a NaN l (a NaN score or value) stays NaN,
+    // as on the CPU, so the request fails naming it instead of running on with zeros.
+    out[row * D + d] = from_f32<T>(l != 0.0f ? o / l : 0.0f);
     return;
   }
   float *dst = partial + (static_cast<size_t>(split) * rows_total + row) * (D + 2);
@@ -155,7 +169,8 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
   uint64_t *s_mask = reinterpret_cast<uint64_t *>(smem);
   int *s_tok = reinterpret_cast<int *>(s_mask + kRows);
   int *s_head = s_tok + kRows, *s_plen = s_head + kRows, *s_base = s_plen + kRows;
-  float *s_q = reinterpret_cast<float *>(s_base + kRows);  // [kRows][D], pre-scaled
+  int *s_badv = s_base + kRows;                             // [kBkv]: the key's V holds NaN / inf
+  float *s_q = reinterpret_cast<float *>(s_badv + kBkv);   // [kRows][D], pre-scaled
   float *s_k = s_q + kRows * D;                             // [kBkv][D + 1] (padded: no bank conflicts)
   float *s_v = s_k + kBkv * (D + 1);                        // [kBkv][D]
   float *s_p = s_v + kBkv * D;                              // [kRows][kBkv + 1] probabilities of the tile
@@ -175,6 +190,7 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
     s_m[tid] = -INFINITY;
     s_l[tid] = 0.0f;
   }
+  if (tid < kBkv) s_badv[tid] = 0;
   __syncthreads();
   for (int idx = tid; idx < kRows * D; idx += S::threads) {
     const int r = idx / D, i = idx % D, t = s_tok[r];
@@ -200,7 +216,7 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
         const bool in = p < p_end;
         const size_t at = cache_off + static_cast<size_t>(in ? p : 0) * kv_dim + i;
         s_k[j * (D + 1) + i] = in ? to_f32(cache_k[at]) : 0.0f;
-        s_v[j * D + i] = in ? to_f32(cache_v[at]) : 0.0f;
+        s_v[j * D + i] = in ? finite_or_flag(to_f32(cache_v[at]), s_badv + j) : 0.0f;
       }
       __syncthreads();
       // Scores and the online-softmax update: a group of kBkv lanes per row, one key per lane.
@@ -217,11 +233,13 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
           float acc = 0.0f;
 #pragma unroll 8
           for (int i = 0; i < D; i++) acc += qr[i] * kr[i];
-          s = acc;
+          s = s_badv[key] ? NAN : acc;  // a non-finite V this row sees makes the row NaN (see finite_or_flag)
         }
         const float m_old = row_ok ? s_m[r] : -INFINITY;
         const float m_new = fmaxf(m_old, warp_max<kBkv>(s));
-        const float pj = m_new == -INFINITY ? 0.0f : expf(s - m_new);
+        // s == -inf (masked): 0, also when every score so far is -inf; a NaN s (a NaN key, or a
+        // flagged value) gives a NaN pj even then, so l turns NaN (a poisoned row, see merge).
+        const float pj = s == -INFINITY ? 0.0f : expf(s - m_new);
         const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
         const float psum = warp_sum<kBkv>(pj);
         FFS_SYNCWARP();  // every lane of the group has read s_m[r] before key 0 writes it
@@ -235,6 +253,7 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
         }
       }
       __syncthreads();
+      if (tid < kBkv) s_badv[tid] = 0;  // read above only; the next tile's loads come after a barrier
       // o[r][d] = o[r][d] * alpha[r] + sum_j p[r][j] * v[j][d]
 #pragma unroll
       for (int k = 0; k < S::rows_per_thread; k++) {
@@ -265,14 +284,21 @@ __global__ void __launch_bounds__(AttnShape<D>::threads)
 
 // n partial results of one output row, each (o[0..D) unnormalized, m, l) at p + i * stride:
 // M = max m_i, L = sum l_i e^(m_i - M), acc = sum o_i[d] e^(m_i - M). A part with m = -inf saw
-// no visible key and adds nothing.
+// no visible key and adds nothing. A part with a NaN l saw a NaN score or value (its m may
+// still be -inf): the row is poisoned, and comes out NaN (then so do its logits, and the
+// request fails saying so, as on the CPU).
 struct Merged {
   float M, L, acc;
 };
 template <int D>
 __device__ __forceinline__ Merged merge_partials(const float *p, size_t stride, int n, int d) {
   Merged r{-INFINITY, 0.0f, 0.0f};
-  for (int i = 0; i < n; i++) r.M = fmaxf(r.M, p[i * stride + D]);
+  bool poisoned = false;
+  for (int i = 0; i < n; i++) {
+    r.M = fmaxf(r.M, p[i * stride + D]);
+    poisoned |= isnan(p[i * stride + D + 1]);
+  }
+  if (poisoned) return {INFINITY, NAN, NAN};
   if (r.M == -INFINITY) return r;
   for (int i = 0; i < n; i++) {
     const float *e = p + i * stride;
@@ -442,7 +468,8 @@ struct MmaShape {
   static constexpr int ldp = kMmaKeys + 8;  // P (elements)
   static constexpr int ldo = D + 4;         // O (fp32)
   __host__ __device__ static constexpr size_t al(size_t b) { return (b + 127) / 128 * 128; }
-  static constexpr size_t meta = al(kMmaRows * (4 * sizeof(int) + sizeof(uint64_t)));  // RowMeta
+  // RowMeta, then the tile's non-finite-V flags
+  static constexpr size_t meta = al(kMmaRows * (4 * sizeof(int) + sizeof(uint64_t)) + kMmaKeys * sizeof(int));
   static constexpr size_t bytes(size_t es) {
     return meta + 3 * al(kMmaRows * ldt * es) + al(kMmaRows * lds * sizeof(float)) + al(kMmaRows * ldp * es) +
            al(kMmaRows * ldo * sizeof(float));
@@ -470,6 +497,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   uint64_t *s_mask = reinterpret_cast<uint64_t *>(smem);
   int *s_tok = reinterpret_cast<int *>(s_mask + kRows);
   int *s_head = s_tok + kRows, *s_plen = s_head + kRows, *s_base = s_plen + kRows;
+  int *s_badv = s_base + kRows;  // [kKeys]: the key's V holds NaN / inf (finite_or_flag)
   T *s_q = reinterpret_cast<T *>(smem + S::meta);
   T *s_k = s_q + S::al(kRows * LDT * sizeof(T)) / sizeof(T);
   T *s_v = s_k + S::al(kRows * LDT * sizeof(T)) / sizeof(T);
@@ -488,6 +516,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 
   const RowMeta meta{s_mask, s_tok, s_head, s_plen, s_base};
   fill_row_meta(meta, kRows, row0, nrows, group, kvh, t0, t1, prefix_len, tree_base, tree_mask);
+  if (tid < kKeys) s_badv[tid] = 0;
   __syncthreads();
   for (int idx = tid; idx < kRows * D; idx += kMmaThreads) {
     const int r = idx / D, i = idx % D, t = s_tok[r];
@@ -515,6 +544,10 @@ __global__ void __launch_bounds__(kMmaThreads)
           const size_t at = cache_off + static_cast<size_t>(p) * kv_dim + i;
           kk = *reinterpret_cast<const uint4 *>(cache_k + at);
           vv = *reinterpret_cast<const uint4 *>(cache_v + at);
+          T *ve = reinterpret_cast<T *>(&vv);
+#pragma unroll
+          for (int e = 0; e < kChunk; e++)
+            if (!(fabsf(to_f32(ve[e])) < INFINITY)) ve[e] = from_f32<T>(finite_or_flag(to_f32(ve[e]), s_badv + j));
         }
         *reinterpret_cast<uint4 *>(s_k + j * LDT + i) = kk;
         *reinterpret_cast<uint4 *>(s_v + j * LDT + i) = vv;
@@ -534,7 +567,7 @@ __global__ void __launch_bounds__(kMmaThreads)
         for (int j = 0; j < kKeys / 2; j++) {
           const int key = side * (kKeys / 2) + j, p = p0 + key;
           const bool vis = row_ok && p < p_end && visible(p, s_plen[r], s_base[r], s_mask[r]);
-          sc[j] = vis ? s_s[r * LDS + key] * scale : -INFINITY;
+          sc[j] = vis ? (s_badv[key] ? NAN : s_s[r * LDS + key] * scale) : -INFINITY;
           mx = fmaxf(mx, sc[j]);
         }
         mx = fmaxf(mx, FFS_SHFL_XOR(mx, 1));
@@ -542,7 +575,7 @@ __global__ void __launch_bounds__(kMmaThreads)
         float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < kKeys / 2; j++) {
-          const T pt = from_f32<T>(m_new == -INFINITY ? 0.0f : expf(sc[j] - m_new));
+          const T pt = from_f32<T>(sc[j] == -INFINITY ? 0.0f : expf(sc[j] - m_new));  // NaN: as the tiled kernel
           s_p[r * LDP + side * (kKeys / 2) + j] = pt;
           sum += to_f32(pt);
         }
@@ -553,6 +586,7 @@ __global__ void __launch_bounds__(kMmaThreads)
         row_l = row_l * alpha + sum;
       }
       __syncthreads();
+      if (tid < kKeys) s_badv[tid] = 0;  // read above only; the next tile's loads come after a barrier
       if (warp * 16 < nrows)  // O[16 x D] += P[16 x 64] . V[64 x D]
         for (int n = 0; n < D / 16; n++)
           mma16<T, false>(s_o + warp * 16 * LDO + n * 16, LDO, s_p + warp * 16 * LDP, LDP, s_v + n * 16, LDT, kKeys,
@@ -697,6 +731,35 @@ size_t attention_workspace_floats(const AttentionArgs &a) {
 
 bool attention_supports_head_dim(int head_dim) {
   return head_dim == 8 || head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256;
+}
+
+AttentionKernel attention_kernel_for(const AttentionArgs &a) {
+  if (a.T <= 0 || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0 || !attention_supports_head_dim(a.head_dim))
+    return AttentionKernel::Tiled;
+  bool decode = false;
+  switch (a.dtype) {
+    case DType::F32: decode = use_decode_kernel<float>(a); break;
+    case DType::F16: decode = use_decode_kernel<gpu_half>(a); break;
+    case DType::BF16: decode = use_decode_kernel<gpu_bf16>(a); break;
+  }
+  if (decode) return AttentionKernel::Decode;
+  return use_mma_kernel(a) ? AttentionKernel::TensorCores : AttentionKernel::Tiled;
+}
+
+const char *attention_kernel_name(AttentionKernel k) {
+  switch (k) {
+    case AttentionKernel::Decode: return "decode";
+    case AttentionKernel::TensorCores: return "tensor-core";
+    default: return "tiled";
+  }
+}
+
+bool attention_has_tensor_cores() {
+#ifdef FFS_HAVE_MMA16
+  return true;
+#else
+  return false;
+#endif
 }
 
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream) {

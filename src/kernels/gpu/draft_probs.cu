@@ -16,9 +16,14 @@ __global__ void __launch_bounds__(kSampleThreads)
   const SampleParams sp = params[blockIdx.x];
   float *p = probs + static_cast<size_t>(blockIdx.x) * vocab;
   const float inv_t = inv_temperature(sp);
+  const int amax = block_argmax(row, vocab, s.fscratch, s.iscratch);
+  if (amax < 0) {  // NaN or +inf in the row: no distribution; a row of NaN says so
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) p[i] = NAN;
+    return;
+  }
   if (untruncated(sp, vocab)) {
     float part = 0.0f;
-    const float mx = to_f32(row[block_argmax(row, vocab, s.fscratch, s.iscratch)]);
+    const float mx = to_f32(row[amax]);
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) part += expf((to_f32(row[i]) - mx) * inv_t);
     const float inv_z = 1.0f / block_sum(part, s.fscratch);
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) p[i] = expf((to_f32(row[i]) - mx) * inv_t) * inv_z;

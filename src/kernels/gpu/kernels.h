@@ -87,6 +87,15 @@ struct AttentionArgs {
   // S = Q K^T and P V on tensor cores (CUDA; not HIP); false keeps the CUDA-core tiled kernel.
   bool tensor_cores = true;
 };
+// Which kernel gpu::attention runs for a: the decode kernel (above), tensor cores (fp16/bf16,
+// head dim a multiple of 16, at least 32 query rows a block from one slot's consecutive tokens
+// or from the query heads of one KV head, and the device's shared memory), else the tiled one.
+enum class AttentionKernel { Tiled = 0, Decode = 1, TensorCores = 2 };
+AttentionKernel attention_kernel_for(const AttentionArgs &a);
+const char *attention_kernel_name(AttentionKernel k);
+// Whether this build has the tensor-core kernel (CUDA sm_80+ and the emulator's 32-lane
+// profile; not HIP).
+bool attention_has_tensor_cores();
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream);
 bool attention_supports_head_dim(int head_dim);
 // The kv_splits that fills the device for this shape (T, heads, tile hint, max_seq) and 1
@@ -102,7 +111,8 @@ size_t attention_workspace_floats(const AttentionArgs &a);  // for a.kv_splits
 gpuError_t kv_commit(void *kv, const int32_t *moves, int n, int layers, int max_requests, int max_seq, int kv_dim,
                      DType dt, gpuStream_t stream);
 
-// out[r] = argmax(logits[r * ld : r * ld + vocab]), the first maximum (like torch.argmax).
+// out[r] = argmax(logits[r * ld : r * ld + vocab]), the first maximum (like torch.argmax);
+// -1 (serve/sampling.h's kNonFiniteToken) for a row holding a NaN or +inf.
 gpuError_t argmax_rows(const void *logits, int64_t ld, int R, int vocab, int32_t *out, DType dt, gpuStream_t stream);
 
 // One row's sampling parameters: ffspec::SampleSpec's numeric fields.
@@ -123,12 +133,14 @@ constexpr int kMaxCandidates = 4096;
 // out[r] = a token drawn from row r with params[r]: softmax(logits / T) restricted to the
 // top-k, then the smallest top-p prefix (ties: lower id first), as serve/sampling.h.
 // Random number: u = uniform01(seed, counter), the same counter-based splitmix64 generator as
-// the CPU sampler, so a seeded request draws the same u on either backend.
+// the CPU sampler, so a seeded request draws the same u on either backend. -1 for a row
+// holding a NaN or +inf, as argmax_rows.
 gpuError_t sample_rows(const void *logits, int64_t ld, int R, int vocab, const SampleParams *params, int32_t *out,
                        DType dt, gpuStream_t stream);
 
 // The MSS verifier's distributions: probs[i, :] = warped_probs(logits[rows[i]], params[i])
-// (temperature, top-k, top-p; zeros outside the kept set), fp32 [n, vocab].
+// (temperature, top-k, top-p; zeros outside the kept set), fp32 [n, vocab]; all NaN for a
+// row holding a NaN or +inf.
 gpuError_t warped_probs_rows(const void *logits, int64_t ld, const int32_t *rows, int n, int vocab,
                              const SampleParams *params, float *probs, DType dt, gpuStream_t stream);
 // Per-node draft probabilities: q[i] = probs[row_of[i] * vocab + tokens[i]] for i < n.

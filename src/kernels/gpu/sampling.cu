@@ -19,9 +19,8 @@ __global__ void __launch_bounds__(kSampleThreads) argmax_kernel(const T *logits,
 // scan's `before` of one token need not equal the rounded end of the one ahead of it, and a
 // target in such a gap would match no token and fall through to the last one.
 template <typename T>
-__device__ int draw_untruncated(const T *row, int vocab, float inv_t, double u, PlanSmem &s) {
+__device__ int draw_untruncated(const T *row, int vocab, float inv_t, double u, float mx, PlanSmem &s) {
   float part = 0.0f;
-  const float mx = to_f32(row[block_argmax(row, vocab, s.fscratch, s.iscratch)]);
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) part += expf((to_f32(row[i]) - mx) * inv_t);
   const float target = static_cast<float>(u * block_sum(part, s.fscratch));
   if (threadIdx.x == 0) s.found = -1;
@@ -54,14 +53,13 @@ __global__ void __launch_bounds__(kSampleThreads)
   PlanSmem &s = *reinterpret_cast<PlanSmem *>(smem);
   const T *row = logits + blockIdx.x * ld;
   const SampleParams sp = params[blockIdx.x];
-  int tok;
-  if (!sp.do_sample) {
-    tok = block_argmax(row, vocab, s.fscratch, s.iscratch);
-  } else {
+  // Greedy: the argmax. Sampling: nothing to draw from a row with NaN or +inf (-1 then).
+  int tok = block_argmax(row, vocab, s.fscratch, s.iscratch);
+  if (sp.do_sample && tok >= 0) {
     const float inv_t = inv_temperature(sp);
     const double u = uniform01(sp.seed, sp.counter);
     if (untruncated(sp, vocab)) {
-      tok = draw_untruncated(row, vocab, inv_t, u, s);
+      tok = draw_untruncated(row, vocab, inv_t, u, to_f32(row[tok]), s);
     } else {
       // Truncated: draw over the kept candidates in sorted order (same distribution as the
       // CPU's id-order draw; the token for one u may differ).

@@ -59,22 +59,29 @@ __device__ __forceinline__ V block_excl_scan(V v, V *scratch, V *total) {
   return x - v + off;
 }
 
-// First maximum of the row (lowest id among equal maxima), every thread gets it.
+// First maximum of the row (lowest id among equal maxima), every thread gets it; -1 (the CPU
+// sampler's kNonFiniteToken) when the row holds a NaN or +inf: no token is right then.
+constexpr int kNonFiniteToken = -1;
 template <typename T>
 __device__ int block_argmax(const T *row, int vocab, float *fscratch, int *iscratch) {
   float bv = -INFINITY;
   int bi = 0x7fffffff;
+  bool finite = true;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
     const float v = to_f32(row[i]);
+    finite &= v < INFINITY;  // false for NaN and +inf
     if (v > bv || bi == 0x7fffffff) {  // strided ids increase: '>' keeps the first maximum
       bv = v;
       bi = i;
     }
   }
+  if (!finite) bi = kNonFiniteToken;  // sticky through both reductions
   for (int m = FFS_WARP_SIZE / 2; m > 0; m >>= 1) {
     const float ov = FFS_SHFL_XOR(bv, m);
     const int oi = FFS_SHFL_XOR(bi, m);
-    if (ov > bv || (ov == bv && oi < bi)) {
+    if (bi < 0 || oi < 0) {
+      bi = kNonFiniteToken;
+    } else if (ov > bv || (ov == bv && oi < bi)) {
       bv = ov;
       bi = oi;
     }
@@ -89,8 +96,10 @@ __device__ int block_argmax(const T *row, int vocab, float *fscratch, int *iscra
   const int nwarps = (blockDim.x + FFS_WARP_SIZE - 1) / FFS_WARP_SIZE;
   float v = fscratch[0];
   int best = iscratch[0];
-  for (int w = 1; w < nwarps; w++)
-    if (fscratch[w] > v || (fscratch[w] == v && iscratch[w] < best)) {
+  for (int w = 1; w < nwarps && best >= 0; w++)
+    if (iscratch[w] < 0) {
+      best = kNonFiniteToken;
+    } else if (fscratch[w] > v || (fscratch[w] == v && iscratch[w] < best)) {
       v = fscratch[w];
       best = iscratch[w];
     }
