@@ -546,8 +546,10 @@ __global__ void __launch_bounds__(kMmaThreads)
           vv = *reinterpret_cast<const uint4 *>(cache_v + at);
           T *ve = reinterpret_cast<T *>(&vv);
 #pragma unroll
-          for (int e = 0; e < kChunk; e++)
-            if (!(fabsf(to_f32(ve[e])) < INFINITY)) ve[e] = from_f32<T>(finite_or_flag(to_f32(ve[e]), s_badv + j));
+          for (int e = 0; e < kChunk; e++) {
+            const float x = to_f32(ve[e]);
+            if (!(fabsf(x) < INFINITY)) ve[e] = from_f32<T>(finite_or_flag(x, s_badv + j));  // rare: re-store only then
+          }
         }
         *reinterpret_cast<uint4 *>(s_k + j * LDT + i) = kk;
         *reinterpret_cast<uint4 *>(s_v + j * LDT + i) = vv;
@@ -667,14 +669,14 @@ gpuError_t launch_combine(const AttentionArgs &a, int splits, gpuStream_t stream
 }
 
 template <typename T, int D>
-gpuError_t launch_attention(const AttentionArgs &a, gpuStream_t stream) {
+gpuError_t launch_attention(const AttentionArgs &a, AttentionKernel kernel, gpuStream_t stream) {
   using S = AttnShape<D>;
   const int group = a.n_heads / a.n_kv_heads;
   const AttnGrid g = attn_grid(a);
   const int splits = a.partial ? max(1, a.kv_splits) : 1;
   gpuError_t e;
   if constexpr (D >= FFS_WARP_SIZE) {
-    if (use_decode_kernel<T>(a)) {
+    if (kernel == AttentionKernel::Decode) {
       if ((e = launch_decode<T, D>(a, splits, stream)) != gpuSuccess || splits == 1) return e;
       return launch_combine<T, D>(a, splits, stream);
     }
@@ -682,7 +684,7 @@ gpuError_t launch_attention(const AttentionArgs &a, gpuStream_t stream) {
   const dim3 grid(ceil_div(a.T, g.bq), a.n_kv_heads, g.row_chunks * splits);
 #ifdef FFS_HAVE_MMA16
   if constexpr (!std::is_same<T, float>::value && D % 16 == 0) {
-    if (use_mma_kernel(a)) {
+    if (kernel == AttentionKernel::TensorCores) {
       const size_t bytes = MmaShape<D>::bytes(sizeof(T));
       e = gpuFuncSetAttribute(reinterpret_cast<const void *>(&attention_mma_kernel<T, D>),
                               gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
@@ -765,19 +767,20 @@ bool attention_has_tensor_cores() {
 gpuError_t attention(const AttentionArgs &a, gpuStream_t stream) {
   if (a.T <= 0) return gpuSuccess;
   if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0) return gpuErrorInvalidValue;
+  const AttentionKernel kernel = attention_kernel_for(a);  // the one place that decides
   FFS_DISPATCH_DTYPE(a.dtype, switch (a.head_dim) {
     case 8:
-      return launch_attention<T, 8>(a, stream);
+      return launch_attention<T, 8>(a, kernel, stream);
     case 16:
-      return launch_attention<T, 16>(a, stream);
+      return launch_attention<T, 16>(a, kernel, stream);
     case 32:
-      return launch_attention<T, 32>(a, stream);
+      return launch_attention<T, 32>(a, kernel, stream);
     case 64:
-      return launch_attention<T, 64>(a, stream);
+      return launch_attention<T, 64>(a, kernel, stream);
     case 128:
-      return launch_attention<T, 128>(a, stream);
+      return launch_attention<T, 128>(a, kernel, stream);
     case 256:
-      return launch_attention<T, 256>(a, stream);
+      return launch_attention<T, 256>(a, kernel, stream);
     default:
       return gpuErrorInvalidValue;
   });
